@@ -1,0 +1,49 @@
+# The two commands: `make run` and `make test`. Everything they need is installed here,
+# into .venv (Python) or through apt-get (promtool, inotify-tools), never by hand.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export WATCHER_INBOX ?= ./data/inbox
+export WATCHER_OUTBOX ?= ./data/outbox
+export WATCHER_STATE_DIR ?= ./data/state
+
+.PHONY: run test lint typecheck unit deploy-tools bench bench-smoke soak clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/watcher run
+
+lint: $(STAMP)
+	$(BIN)/ruff check watcher tests bench
+	$(BIN)/ruff format --check watcher tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+# promtool (Debian's prometheus package) and inotifywait (inotify-tools) exist only in Debian.
+# Under CI=true a missing tool is an error; elsewhere the tests that need it say what was not checked.
+deploy-tools:
+	@bash deploy/tools/ensure-debian-tools.sh
+
+test: $(STAMP) deploy-tools lint typecheck
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+bench-smoke: $(STAMP)
+	$(BIN)/python -m bench --smoke
+
+soak: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m soak --run-soak tests
+
+clean:
+	rm -rf $(VENV) data .mypy_cache .ruff_cache

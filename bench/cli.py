@@ -1,0 +1,160 @@
+"""Command line of the benchmark: ``python -m bench [--smoke] [--reps N] [--workloads ...] [--subjects ...]``.
+
+Repetitions are interleaved (repetition 1 of every subject, then repetition 2, ...) so that slow drift of
+the machine (page cache, disk write-back) spreads over all subjects instead of biasing one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from types import FrameType
+
+from bench import harness, report, subjects
+from bench.harness import RunResult
+from bench.report import Summary
+from bench.workloads import FULL, SMOKE, WORKLOADS, Workload
+
+log = logging.getLogger("bench")
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SUBJECT_KEYS = {
+    "watcher": subjects.WATCHER,
+    "limit": subjects.LIMIT,
+    "inotifywait": subjects.INOTIFYWAIT,
+    "watcher-info": subjects.WATCHER_INFO,
+    "cp-sync": subjects.CP_SYNC,
+}
+INFO_WORKLOADS = frozenset({"trickle", "burst"})  # the log-level-info variant runs only where it matters
+
+
+def _applies(subject: subjects.Subject, workload: Workload) -> str | None:
+    """None if ``subject`` runs ``workload``; otherwise the status to show (or "" to show nothing)."""
+    if subject.kind == harness.CP_SYNC:
+        return None if workload.key == "big_other_fs" else ""
+    if subject is subjects.WATCHER_INFO and workload.key not in INFO_WORKLOADS:
+        return ""
+    if workload.backlog and not subject.can_backlog:
+        return "n/a: an inotify loop does not see files present before it starts"
+    return None
+
+
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--smoke", action="store_true", help="1 repetition, tiny sizes (under a minute)")
+    p.add_argument("--reps", type=int, help="repetitions per subject and workload (default 3, smoke 1)")
+    p.add_argument(
+        "--workloads",
+        default=",".join(w.key for w in WORKLOADS),
+        help="comma-separated subset of: " + ", ".join(w.key for w in WORKLOADS),
+    )
+    p.add_argument(
+        "--subjects",
+        default=",".join(SUBJECT_KEYS),
+        help="comma-separated subset of: " + ", ".join(SUBJECT_KEYS),
+    )
+    p.add_argument(
+        "--out", type=Path, default=RESULTS, help="folder for latest.md/json/png (default bench/results)"
+    )
+    p.add_argument("--keep", action="store_true", help="keep each run's folders under bench/.work")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; exit 0 when every run finished (targets may still be missed), 1 otherwise."""
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
+    )
+    signal.signal(signal.SIGTERM, _interrupt)
+    cfg = SMOKE if args.smoke else FULL
+    if args.reps:
+        cfg = replace(cfg, reps=args.reps)
+    workloads = [w for w in WORKLOADS if w.key in args.workloads.split(",")]
+    chosen = [SUBJECT_KEYS[k] for k in args.subjects.split(",") if k]
+    unavailable = {s.name: reason for s in chosen if (reason := s.available())}
+    for name, reason in unavailable.items():
+        log.warning("%s: %s", name, reason)
+
+    started = time.monotonic()
+    runs: dict[tuple[str, str], list[RunResult]] = {}
+    status: dict[tuple[str, str], str] = {}
+    try:
+        for workload in workloads:
+            for subject in chosen:
+                why = _applies(subject, workload)
+                if why is None and subject.name in unavailable:
+                    why = unavailable[subject.name]
+                if why is not None:
+                    if why:
+                        status[(subject.name, workload.key)] = why
+                    continue
+                runs[(subject.name, workload.key)] = []
+            for rep in range(cfg.reps):
+                for subject in chosen:
+                    key = (subject.name, workload.key)
+                    if key not in runs:
+                        continue
+                    result = harness.run_one(subject, workload, cfg, rep, keep=args.keep)
+                    runs[key].append(result)
+                    log.info(
+                        "%-13s %-20s rep %d: %s files/s, p50 %s ms, time %s s, integrity %s%s",
+                        workload.key,
+                        subject.name,
+                        rep + 1,
+                        report.fmt(result.files_per_s),
+                        report.fmt(result.lat_p50_ms),
+                        report.fmt(result.span_s),
+                        "ok" if result.faults == 0 else f"{result.faults} faults",
+                        f" ({result.error})" if result.error else "",
+                    )
+    except KeyboardInterrupt:
+        log.warning("interrupted: reporting the runs finished so far")
+    duration = time.monotonic() - started
+
+    summaries: list[Summary] = []
+    for workload in workloads:
+        for subject in chosen:
+            key = (subject.name, workload.key)
+            if runs.get(key):
+                summaries.append(report.summarize(*key, runs[key]))
+            elif key in status:
+                summaries.append(Summary(subject.name, workload.key, status=status[key]))
+    index = {(s.subject, s.workload): s for s in summaries}
+    targets = report.evaluate_targets(lambda subj, wl: index.get((subj, wl)), cfg)
+    targets = [t for t in targets if t.workload in {w.key for w in workloads}]
+    machine = report.machine_info()
+    mode = "smoke" if args.smoke else "full"
+    notes = {s.name: s.description for s in chosen}
+    md = report.markdown(summaries, targets, machine, cfg, mode, duration, notes)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "latest.md").write_text(md)
+    report.write_json(
+        args.out / "latest.json",
+        {
+            "mode": mode,
+            "config": asdict(cfg),
+            "machine": machine,
+            "duration_s": duration,
+            "subjects": notes,
+            "summary": [s.as_dict() for s in summaries],
+            "targets": [t.as_dict() for t in targets],
+            "runs": [r.as_dict() for rs in runs.values() for r in rs],
+        },
+    )
+    report.latency_png(args.out / "latency.png", summaries, cfg)
+    print(md)
+    log.info("wrote %s, latest.json and latency.png", args.out / "latest.md")
+    broken = [r for rs in runs.values() for r in rs if r.error]
+    return 1 if broken or not runs else 0

@@ -1,0 +1,438 @@
+"""Medians, targets and the three outputs: markdown table, JSON, latency PNG.
+
+Every numeric measure of a (subject, workload) pair is the median over its repetitions; integrity faults
+are summed. The targets of issue 6 are evaluated on those medians for the ``watcher`` subject.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.harness import WORK_ROOT, RunResult
+from bench.subjects import REPO
+from bench.workloads import WORKLOADS, Config, describe
+
+MEASURES = (
+    "files_per_s",
+    "mib_per_s",
+    "lat_p50_ms",
+    "lat_p99_ms",
+    "lat_max_ms",
+    "span_s",
+    "ready_s",
+    "peak_rss_mib",
+    "cpu_s",
+    "cpu_total_s",
+    "idle_cpu_pct",
+)
+
+
+@dataclass
+class Summary:
+    """Medians of one subject on one workload (or why it has none)."""
+
+    subject: str
+    workload: str
+    runs: int = 0
+    medians: dict[str, float | None] = field(default_factory=dict)
+    faults: int = 0
+    missing_at_deadline: int = 0
+    found_by_scan: int = 0
+    errors: list[str] = field(default_factory=list)
+    status: str = "ok"  # "ok", "n/a: reason", "missing", "not run: reason"
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def get(self, key: str) -> float | None:
+        """Median of a measure, None when not measured."""
+        return self.medians.get(key)
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-friendly form."""
+        return {
+            "subject": self.subject,
+            "workload": self.workload,
+            "status": self.status,
+            "runs": self.runs,
+            "medians": self.medians,
+            "integrity_faults": self.faults,
+            "missing_at_deadline": self.missing_at_deadline,
+            "found_by_scan": self.found_by_scan,
+            "errors": self.errors,
+        }
+
+
+def summarize(subject: str, workload: str, runs: Sequence[RunResult]) -> Summary:
+    """Median every measure over ``runs``."""
+    summary = Summary(subject=subject, workload=workload, runs=len(runs))
+    for key in MEASURES:
+        values = [v for r in runs if (v := getattr(r, key)) is not None]
+        summary.medians[key] = statistics.median(values) if values else None
+    summary.faults = sum(r.faults for r in runs)
+    summary.missing_at_deadline = sum(r.missing_at_deadline for r in runs)
+    summary.found_by_scan = sum(r.found_by_scan for r in runs)
+    summary.errors = [r.error for r in runs if r.error]
+    summary.latencies_ms = sorted(x for r in runs for x in r.latencies_ms)
+    if summary.errors:
+        summary.status = "error"
+    return summary
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target of the issue, evaluated."""
+
+    workload: str
+    name: str
+    value: str
+    threshold: str
+    met: bool | None  # None: could not be evaluated
+
+    @property
+    def verdict(self) -> str:
+        """``met``, ``missed`` or ``n/a``."""
+        return {True: "met", False: "missed", None: "n/a"}[self.met]
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-friendly form."""
+        return {
+            "workload": self.workload,
+            "target": self.name,
+            "value": self.value,
+            "threshold": self.threshold,
+            "verdict": self.verdict,
+        }
+
+
+def fmt(value: float | None, unit: str = "") -> str:
+    """A number with a sensible count of digits, ``-`` for None."""
+    if value is None:
+        return "-"
+    if value == 0:
+        text = "0"
+    elif abs(value) >= 100:
+        text = f"{value:,.0f}"
+    elif abs(value) >= 10:
+        text = f"{value:.1f}"
+    elif abs(value) >= 0.1:
+        text = f"{value:.2f}"
+    else:
+        text = f"{value:.3f}"
+    return text + unit
+
+
+Lookup = Callable[[str, str], Summary | None]
+
+
+def evaluate_targets(get: Lookup, cfg: Config, subject: str = "watcher") -> list[Target]:
+    """The issue's targets for ``subject`` (medians), each met, missed or n/a."""
+    targets: list[Target] = []
+
+    def add(
+        workload: str, name: str, value: float | None, threshold: float | None, le: bool, unit: str
+    ) -> None:
+        met = None if value is None or threshold is None else value <= threshold if le else value >= threshold
+        sign = "<=" if le else ">="
+        targets.append(Target(workload, name, fmt(value, unit), f"{sign} {fmt(threshold, unit)}", met))
+
+    def m(workload: str, key: str, who: str = subject) -> float | None:
+        s = get(who, workload)
+        return s.get(key) if s is not None and s.status in ("ok", "error") else None
+
+    def times(x: float | None, factor: float) -> float | None:
+        return None if x is None else x * factor
+
+    add("trickle", "latency p50", m("trickle", "lat_p50_ms"), 2.0, True, " ms")
+    add("trickle", "latency p99", m("trickle", "lat_p99_ms"), 10.0, True, " ms")
+    add(
+        "burst",
+        "files/s >= 0.9x limit",
+        m("burst", "files_per_s"),
+        times(m("burst", "files_per_s", "limit"), 0.9),
+        False,
+        "/s",
+    )
+    add(
+        "renamed",
+        "files/s >= 0.5x limit",
+        m("renamed", "files_per_s"),
+        times(m("renamed", "files_per_s", "limit"), 0.5),
+        False,
+        "/s",
+    )
+    add(
+        "backlog_small",
+        f"{cfg.backlog_small} drained from process start",
+        m("backlog_small", "span_s"),
+        4.0,
+        True,
+        " s",
+    )
+    add("backlog_small", "peak RSS", m("backlog_small", "peak_rss_mib"), 80.0, True, " MiB")
+    add("backlog_large", "peak RSS", m("backlog_large", "peak_rss_mib"), 120.0, True, " MiB")
+    add(
+        "backlog_large",
+        f"peak RSS <= 1.3x the {cfg.backlog_small} run",
+        m("backlog_large", "peak_rss_mib"),
+        times(m("backlog_small", "peak_rss_mib"), 1.3),
+        True,
+        " MiB",
+    )
+    add("big_same_fs", "close -> delivered", m("big_same_fs", "lat_p50_ms"), 50.0, True, " ms")
+    add(
+        "big_other_fs",
+        "MiB/s >= 0.9x cp+sync",
+        m("big_other_fs", "mib_per_s"),
+        times(m("big_other_fs", "mib_per_s", "cp+sync"), 0.9),
+        False,
+        " MiB/s",
+    )
+    add("idle", "CPU of one core", m("idle", "idle_cpu_pct"), 1.0, True, " %")
+    # faster than the inotifywait loop: latency where the rate is fixed, throughput where it is not
+    speed = {
+        "trickle": ("lat_p50_ms", True),
+        "burst": ("files_per_s", False),
+        "renamed": ("files_per_s", False),
+        "big_same_fs": ("lat_p50_ms", True),
+        "big_other_fs": ("lat_p50_ms", True),
+    }
+    for workload, (key, lower_is_better) in speed.items():
+        label = "latency p50" if key == "lat_p50_ms" else "files/s"
+        unit = " ms" if key == "lat_p50_ms" else "/s"
+        ours, theirs = m(workload, key), m(workload, key, "inotifywait")
+        met = (
+            None if ours is None or theirs is None else (ours < theirs if lower_is_better else ours > theirs)
+        )
+        sign = "<" if lower_is_better else ">"
+        targets.append(
+            Target(
+                workload,
+                f"faster than inotifywait ({label})",
+                fmt(ours, unit),
+                f"{sign} {fmt(theirs, unit)}",
+                met,
+            )
+        )
+    for w in WORKLOADS:
+        s = get(subject, w.key)
+        if s is None or s.status not in ("ok", "error"):
+            targets.append(Target(w.key, "0 integrity faults", "-", "0", None))
+        else:
+            targets.append(Target(w.key, "0 integrity faults", str(s.faults), "0", s.faults == 0))
+    return targets
+
+
+def machine_info() -> dict[str, str]:
+    """The facts a reader needs to compare two result files."""
+
+    def run(*args: str) -> str:
+        try:
+            out = subprocess.run(args, capture_output=True, text=True, timeout=30, check=False, cwd=REPO)
+        except (OSError, subprocess.TimeoutExpired):
+            return "?"
+        text = (out.stdout or out.stderr).strip() or "?"
+        return text if out.returncode == 0 else f"unavailable ({text.splitlines()[-1]})"
+
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kib = next(
+        (
+            int(x.split()[1])
+            for x in Path("/proc/meminfo").read_text().splitlines()
+            if x.startswith("MemTotal")
+        ),
+        0,
+    )
+    os_name = "?"
+    if Path("/etc/os-release").exists():
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                os_name = line.split("=", 1)[1].strip('"')
+    inotifywait = "missing"
+    if shutil.which("inotifywait"):  # `--help` exits 1, so not through run()
+        help_text = subprocess.run(["inotifywait", "--help"], capture_output=True, text=True, check=False)
+        inotifywait = (help_text.stdout or help_text.stderr or "?").splitlines()[0]
+    WORK_ROOT.mkdir(parents=True, exist_ok=True)
+    df = run("df", "-PT", str(WORK_ROOT)).splitlines()[-1].split()
+    shm = run("df", "-PT", "/dev/shm").splitlines()[-1].split()
+    return {
+        "nproc": str(len(os.sched_getaffinity(0))),
+        "cpu_model": cpu,
+        "memory": f"{mem_kib / 1024 / 1024:.1f} GiB",
+        "kernel": platform.release(),
+        "os": os_name,
+        "python": sys.version.split()[0],
+        "work_dir": str(WORK_ROOT),
+        "work_dir_filesystem": f"{df[1]} on {df[0]}" if len(df) > 1 else "?",
+        "other_filesystem": f"{shm[1]} at /dev/shm" if len(shm) > 1 else "?",
+        "inotify_max_queued_events": Path("/proc/sys/fs/inotify/max_queued_events").read_text().strip(),
+        "inotifywait": inotifywait,
+        "watcher_version": run(sys.executable, "-m", "watcher", "--version"),
+        "git_commit": run("git", "rev-parse", "--short", "HEAD"),
+    }
+
+
+COLUMNS = (
+    "workload",
+    "subject",
+    "files/s",
+    "MiB/s",
+    "p50 ms",
+    "p99 ms",
+    "max ms",
+    "time s",
+    "ready s",
+    "peak RSS MiB",
+    "CPU s",
+    "idle CPU %",
+    "integrity",
+    "targets",
+)
+
+
+def _row(s: Summary, workload_label: str, targets: Iterable[Target]) -> list[str]:
+    if s.status not in ("ok", "error"):
+        return [workload_label, s.subject, s.status, *[""] * (len(COLUMNS) - 3)]
+    integrity = "ok" if s.faults == 0 else f"**{s.faults} faults**"
+    if s.missing_at_deadline:
+        integrity += f", {s.missing_at_deadline} undelivered at deadline"
+    if s.found_by_scan:
+        integrity += f" ({s.found_by_scan} seen by scan after queue overflow)"
+    if s.errors:
+        integrity += "; " + s.errors[0].replace("|", "/").replace("\n", " ")[:160]
+    verdicts = "; ".join(f"{t.name}: {t.verdict}" for t in targets)
+    g = s.get
+    return [
+        workload_label,
+        s.subject,
+        fmt(g("files_per_s")),
+        fmt(g("mib_per_s")),
+        fmt(g("lat_p50_ms")),
+        fmt(g("lat_p99_ms")),
+        fmt(g("lat_max_ms")),
+        fmt(g("span_s")),
+        fmt(g("ready_s")),
+        fmt(g("peak_rss_mib")),
+        fmt(g("cpu_s")),
+        fmt(g("idle_cpu_pct")),
+        integrity,
+        verdicts,
+    ]
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    def cells(values: Sequence[str]) -> str:
+        return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
+
+    return [cells(header), "|" + "|".join("---" for _ in header) + "|", *(cells(r) for r in rows)]
+
+
+def markdown(
+    summaries: Sequence[Summary],
+    targets: Sequence[Target],
+    machine: dict[str, str],
+    cfg: Config,
+    mode: str,
+    duration_s: float,
+    subject_notes: dict[str, str],
+) -> str:
+    """The whole report as markdown."""
+    by_workload = {w.key: describe(w, cfg) for w in WORKLOADS}
+    lines = [
+        "# watcher benchmark",
+        "",
+        f"Mode `{mode}`: {cfg.reps} repetition(s) per subject and workload, medians shown; "
+        f"run took {duration_s / 60:.1f} min, finished {time.strftime('%Y-%m-%d %H:%M:%S %Z')}.",
+        "",
+        "## Machine",
+        "",
+        *_table(["", ""], [[k, f"`{v}`"] for k, v in machine.items()]),
+        "",
+        "## Subjects",
+        "",
+        *_table(["subject", "what"], [[k, v] for k, v in subject_notes.items()]),
+        "",
+        "## Results",
+        "",
+        "`time s`: first close -> last delivery (backlog: process start -> last delivery; "
+        "big: close -> delivery). Latency: writer close (or rename into the inbox) -> complete under the "
+        "final name in the outbox. `CPU s`: subject CPU from ready to drained (backlog: from process start). "
+        "See bench/README.md.",
+        "",
+    ]
+    rows = []
+    for s in summaries:
+        relevant = [t for t in targets if t.workload == s.workload] if s.subject == "watcher" else []
+        rows.append(_row(s, by_workload[s.workload], relevant))
+    lines += _table(COLUMNS, rows)
+    lines += ["", "## Targets (watcher, medians)", ""]
+    lines += _table(
+        ["workload", "target", "value", "threshold", "verdict"],
+        [[by_workload[t.workload], t.name, t.value, t.threshold, f"**{t.verdict}**"] for t in targets],
+    )
+    met = sum(t.met is True for t in targets)
+    missed = sum(t.met is False for t in targets)
+    na = sum(t.met is None for t in targets)
+    lines += ["", f"{met} met, {missed} missed, {na} not evaluated.", ""]
+    return "\n".join(lines)
+
+
+def write_json(path: Path, payload: dict[str, object]) -> None:
+    """Write ``payload`` atomically (temp file, then rename)."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+
+
+def latency_png(path: Path, summaries: Sequence[Summary], cfg: Config) -> None:
+    """ECDF of delivery latency per subject for each latency workload, and the big-file times."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = ["trickle", "burst", "renamed"]
+    fig, axes = plt.subplots(1, 4, figsize=(20, 5))
+    labels = {w.key: describe(w, cfg) for w in WORKLOADS}
+    for ax, key in zip(axes, panels, strict=False):
+        for s in summaries:
+            if s.workload == key and s.latencies_ms:
+                lat = [max(x, 1e-3) for x in s.latencies_ms]
+                ys = [(i + 1) / len(lat) for i in range(len(lat))]
+                ax.step(lat, ys, where="post", label=f"{s.subject} (p50 {fmt(s.get('lat_p50_ms'))} ms)")
+        ax.set_xscale("log")
+        ax.set_xlabel("close -> delivered (ms, log)")
+        ax.set_ylabel("fraction of files")
+        ax.set_title(labels[key])
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    ax = axes[3]
+    bars = [
+        (f"{s.subject}\n{'same fs' if s.workload == 'big_same_fs' else 'other fs'}", s.get("lat_p50_ms"))
+        for s in summaries
+        if s.workload in ("big_same_fs", "big_other_fs") and s.get("lat_p50_ms") is not None
+    ]
+    if bars:
+        names, values = zip(*bars, strict=True)
+        ax.bar(range(len(values)), values)
+        ax.set_xticks(range(len(values)), names, rotation=45, ha="right", fontsize=8)
+        ax.set_yscale("log")
+    ax.set_ylabel("close -> delivered (ms, log)")
+    ax.set_title(f"big file {cfg.big_size // (1024 * 1024)} MiB")
+    fig.tight_layout()
+    tmp = path.with_suffix(".png.tmp")
+    fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    tmp.replace(path)

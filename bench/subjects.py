@@ -1,0 +1,236 @@
+"""The subjects under test: ``watcher run`` and the two baselines, each started as a subprocess.
+
+A :class:`Subject` knows how to start itself on an inbox/outbox pair and how to tell when it is ready;
+:class:`Running` is one started instance: readiness wait, ``/proc`` samples, stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import procstat
+
+REPO = Path(__file__).resolve().parent.parent
+ENSURE_TOOLS = REPO / "deploy" / "tools" / "ensure-debian-tools.sh"
+
+INOTIFYWAIT_LOOP = (
+    'inotifywait -m -e close_write,moved_to --format "%f" -- "$BENCH_IN" '
+    '| while IFS= read -r f; do mv -f -- "$BENCH_IN/$f" "$BENCH_OUT/$f"; done'
+)
+
+
+class SubjectUnavailableError(RuntimeError):
+    """The subject cannot run on this machine (tool missing, service not importable)."""
+
+
+@dataclass(frozen=True)
+class Dirs:
+    """The folders of one run."""
+
+    root: Path
+    inbox: Path
+    outbox: Path
+    state: Path
+    staging: Path
+    log: Path
+
+
+@dataclass
+class Running:
+    """One started subject process (the leader of its own session)."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    t_start: float
+    is_ready: Callable[[], bool]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        """Pid of the subject, also its session id."""
+        return self.proc.pid
+
+    def wait_ready(self, timeout: float) -> float:
+        """Block until the subject is ready; return the monotonic time it was seen ready."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: {self.log_tail()}")
+            if self.is_ready():
+                return time.monotonic()
+            time.sleep(0.01)
+        raise TimeoutError(f"{self.name} not ready after {timeout:.0f} s: {self.log_tail()}")
+
+    def sample(self) -> procstat.ProcSample:
+        """CPU seconds and peak RSS of the subject's processes now."""
+        return procstat.sample(self.pid)
+
+    def stop(self, timeout: float = 40.0) -> int | None:
+        """SIGTERM the subject (the whole session for shell loops); return its exit code."""
+        if self.proc.poll() is None:
+            try:
+                if self.name.startswith("watcher"):
+                    self.proc.send_signal(signal.SIGTERM)
+                else:
+                    os.killpg(self.pid, signal.SIGTERM)
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.pid, signal.SIGKILL)
+                self.proc.wait()
+            except ProcessLookupError:
+                pass
+        # stragglers of a shell pipeline (inotifywait after its reader died) are in the same session
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        return self.proc.returncode
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The last lines of the subject's combined output."""
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+
+def _popen(args: list[str], env: Mapping[str, str], log: Path) -> tuple[subprocess.Popen[bytes], float]:
+    with log.open("ab") as out:
+        t_start = time.monotonic()
+        proc = subprocess.Popen(
+            args,
+            env=dict(env),
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return proc, t_start
+
+
+def _log_contains(log: Path, text: str) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            return text in log.read_text(errors="replace")
+        except FileNotFoundError:
+            return False
+
+    return check
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _http_ok(url: str) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                return int(resp.status) == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    return check
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Something that delivers files from an inbox to an outbox."""
+
+    name: str
+    kind: str  # "watcher", "limit" or "inotifywait"
+    can_backlog: bool
+    env: Mapping[str, str] = field(default_factory=dict)
+    description: str = ""
+
+    def available(self) -> str | None:
+        """None when the subject can run here, else the reason it cannot."""
+        if self.kind == "inotifywait" and not ensure_inotifywait():
+            return "missing"
+        if self.kind == "watcher":
+            probe = subprocess.run(
+                [sys.executable, "-m", "watcher", "--version"],
+                cwd=REPO,
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
+            if probe.returncode != 0:
+                lines = probe.stderr.decode(errors="replace").strip().splitlines()
+                return "not runnable: " + (lines[-1] if lines else f"exit {probe.returncode}")
+        return None
+
+    def start(self, dirs: Dirs) -> Running:
+        """Start the subject on ``dirs``; it is not necessarily ready yet."""
+        env = dict(os.environ)
+        if self.kind == "watcher":
+            port = _free_port()
+            env.update(
+                WATCHER_INBOX=str(dirs.inbox),
+                WATCHER_OUTBOX=str(dirs.outbox),
+                WATCHER_STATE_DIR=str(dirs.state),
+                WATCHER_HTTP_HOST="127.0.0.1",
+                WATCHER_HTTP_PORT=str(port),
+                WATCHER_LOG_FORMAT="json",
+                WATCHER_LOG_LEVEL="warning",
+                WATCHER_RESCAN_INTERVAL="30",
+                WATCHER_SETTLE_SECONDS="2",
+            )
+            env.update(self.env)
+            proc, t0 = _popen([sys.executable, "-m", "watcher", "run"], env, dirs.log)
+            ready = _http_ok(f"http://127.0.0.1:{port}/health/ready")
+        elif self.kind == "limit":
+            env["PYTHONPATH"] = str(REPO)
+            args = [sys.executable, "-m", "bench.limit_loop", str(dirs.inbox), str(dirs.outbox)]
+            proc, t0 = _popen(args, env, dirs.log)
+            ready = _log_contains(dirs.log, "ready")
+        elif self.kind == "inotifywait":
+            env.update(BENCH_IN=str(dirs.inbox), BENCH_OUT=str(dirs.outbox))
+            proc, t0 = _popen(["bash", "-c", INOTIFYWAIT_LOOP], env, dirs.log)
+            ready = _log_contains(dirs.log, "Watches established")
+        else:
+            raise ValueError(f"unknown subject kind {self.kind!r}")
+        return Running(name=self.name, proc=proc, t_start=t0, is_ready=ready, log=dirs.log)
+
+
+def ensure_inotifywait() -> bool:
+    """Install inotify-tools with the repository's script if needed; True if inotifywait is there."""
+    if shutil.which("inotifywait"):
+        return True
+    if ENSURE_TOOLS.exists():
+        env = {k: v for k, v in os.environ.items() if k != "CI"}  # CI=true would turn a miss into a failure
+        subprocess.run(["bash", str(ENSURE_TOOLS)], env=env, check=False, timeout=600)
+    return shutil.which("inotifywait") is not None
+
+
+WATCHER = Subject("watcher", "watcher", can_backlog=True, description="`python -m watcher run` (fsync on)")
+WATCHER_INFO = Subject(
+    "watcher (log info)",
+    "watcher",
+    can_backlog=True,
+    env={"WATCHER_LOG_LEVEL": "info"},
+    description="the same with WATCHER_LOG_LEVEL=info (one log line per file)",
+)
+LIMIT = Subject(
+    "limit", "limit", can_backlog=False, description="ctypes inotify loop, rename/copyfile, no fsync"
+)
+INOTIFYWAIT = Subject(
+    "inotifywait", "inotifywait", can_backlog=False, description="`inotifywait -m | while read; do mv` loop"
+)
+CP_SYNC = Subject(
+    "cp+sync", "cp+sync", can_backlog=False, description="`cp FILE OUTBOX && sync` (big, other fs only)"
+)
+ALL = (WATCHER, LIMIT, INOTIFYWAIT, WATCHER_INFO, CP_SYNC)

@@ -1,0 +1,119 @@
+"""Prometheus metric definitions, registered on an explicit registry (never the global default)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+)
+
+from watcher import __version__
+
+# Latency runs from sub-millisecond renames to minutes-long copies of big files.
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Every metric the service exposes, bound to one registry so tests get fresh counters."""
+
+    registry: CollectorRegistry
+    files_discovered: Counter
+    files_delivered: Counter
+    files_duplicate: Counter
+    files_failed: Counter
+    files_retried: Counter
+    bytes_delivered: Counter
+    delivery_latency: Histogram
+    transfer_duration: Histogram
+    queue_depth: Gauge
+    inflight_transfers: Gauge
+    events_dropped: Counter
+    observer_up: Gauge
+    observer_polling: Gauge
+    intake_paused: Gauge
+    oldest_pending: Gauge
+    pending_files: Gauge
+    job_runs: Counter
+    job_last_success: Gauge
+    build_info: Info
+
+
+def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
+    """Build the metric set on `registry` (a new one when omitted), with process metrics."""
+    reg = registry if registry is not None else CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=reg)
+    metrics = Metrics(
+        registry=reg,
+        files_discovered=Counter(
+            "watcher_files_discovered",
+            "Files found ready for delivery, by who found them (rescan = the events missed it).",
+            ["source"],
+            registry=reg,
+        ),
+        files_delivered=Counter("watcher_files_delivered", "Files delivered to the outbox.", registry=reg),
+        files_duplicate=Counter(
+            "watcher_files_duplicate",
+            "Files whose identical bytes were already in the outbox (source removed).",
+            registry=reg,
+        ),
+        files_failed=Counter("watcher_files_failed", "Files moved to the failed dir.", registry=reg),
+        files_retried=Counter("watcher_files_retried", "Transfer attempts that failed and were retried.", registry=reg),
+        bytes_delivered=Counter("watcher_bytes_delivered", "Bytes delivered to the outbox.", registry=reg),
+        delivery_latency=Histogram(
+            "watcher_delivery_latency_seconds",
+            "From the moment a file was complete in the inbox to its delivery.",
+            buckets=_LATENCY_BUCKETS,
+            registry=reg,
+        ),
+        transfer_duration=Histogram(
+            "watcher_transfer_duration_seconds",
+            "Time spent transferring one file (all attempts' last one).",
+            buckets=_LATENCY_BUCKETS,
+            registry=reg,
+        ),
+        queue_depth=Gauge("watcher_queue_depth", "Files waiting in the in-memory queue.", registry=reg),
+        inflight_transfers=Gauge("watcher_inflight_transfers", "Transfers running now.", registry=reg),
+        events_dropped=Counter(
+            "watcher_events_dropped",
+            "Files not queued because the queue was full (the rescan delivers them later).",
+            registry=reg,
+        ),
+        observer_up=Gauge("watcher_observer_up", "1 while the filesystem observer runs.", registry=reg),
+        observer_polling=Gauge(
+            "watcher_observer_polling",
+            "1 when the observer polls (configured, network filesystem or inotify exhausted).",
+            registry=reg,
+        ),
+        intake_paused=Gauge(
+            "watcher_intake_paused", "1 while intake is paused because the outbox is unusable.", registry=reg
+        ),
+        oldest_pending=Gauge(
+            "watcher_oldest_pending_seconds",
+            "Age of the oldest file seen in the inbox but not yet delivered.",
+            registry=reg,
+        ),
+        pending_files=Gauge("watcher_pending_files", "Files seen in the inbox but not yet delivered.", registry=reg),
+        job_runs=Counter(
+            "watcher_job_runs", "Scheduled job runs by job id and outcome.", ["job", "outcome"], registry=reg
+        ),
+        job_last_success=Gauge(
+            "watcher_job_last_success_timestamp_seconds",
+            "Unix time of the last successful run of each job.",
+            ["job"],
+            registry=reg,
+        ),
+        build_info=Info("watcher_build", "Build information.", registry=reg),
+    )
+    metrics.build_info.info({"version": __version__})
+    for source in ("event", "rescan"):
+        metrics.files_discovered.labels(source=source)
+    return metrics

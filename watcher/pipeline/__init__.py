@@ -1,0 +1,1 @@
+"""The way of a file: observer → intake (filter, readiness) → queue → workers → transfer."""

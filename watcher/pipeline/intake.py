@@ -1,0 +1,340 @@
+"""Intake: turns event hints and walk results into work items, once per file, when each is ready.
+
+Every path lives in `tracked` from the moment it is first seen until a worker is done with it, so
+however many events a file raises it is queued and handled once at a time (delivery semantics 8).
+Proof of completeness (close-after-write, rename in) queues a file at once; anything else waits in
+the settling set until the readiness rules say it is quiet and no local writer holds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from watcher.config import Settings
+from watcher.logging import get_logger
+from watcher.metrics import Metrics
+from watcher.pipeline.filters import PathFilter
+from watcher.pipeline.observer import EventBridge, RawEvent
+from watcher.pipeline.readiness import Snapshot, is_quiet, next_check_in, unchanged
+from watcher.pipeline.rescan import Found, walk
+from watcher.pipeline.writers import open_for_writing
+
+log = get_logger(__name__)
+
+Source = Literal["event", "rescan"]
+State = Literal["settling", "queued", "running", "retrying"]
+
+
+@dataclass(eq=False)
+class Tracked:
+    """One file between discovery and the end of its handling."""
+
+    rel: str
+    source: Source
+    first_seen_wall: float
+    state: State = "settling"
+    first: Snapshot | None = None
+    ready_wall: float = 0.0
+    attempts: int = 0
+    first_error_wall: float = 0.0
+    rerun: bool = False
+    counted: bool = False
+    due_mono: float = 0.0
+    ino: tuple[int, int] | None = field(default=None, repr=False)
+
+
+class Intake:
+    """Filters, de-duplicates and times files into the bounded work queue."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, queue: asyncio.Queue[Tracked]) -> None:
+        """Bind to the settings, the metrics and the queue the workers consume."""
+        self.inbox = settings.inbox
+        self._prefix = str(settings.inbox).rstrip("/") + "/"
+        self.filter = PathFilter(settings.include, settings.exclude)
+        self.recursive = settings.recursive
+        self.settle = settings.settle_seconds
+        self.queue = queue
+        self.metrics = metrics
+        self.tracked: dict[str, Tracked] = {}
+        self._settling_cap = max(settings.queue_size, 1024)
+        self._heap: list[tuple[float, int, str]] = []
+        self._seq = 0
+        self._wake = asyncio.Event()
+        self._walks: set[asyncio.Task[int]] = set()
+        self.stopping = False
+
+    # ---- bookkeeping -------------------------------------------------------------------------
+
+    def oldest_pending_seconds(self) -> float:
+        """Age of the oldest file seen but not yet delivered (0 when none)."""
+        if not self.tracked:
+            return 0.0
+        return max(0.0, time.time() - min(t.first_seen_wall for t in self.tracked.values()))
+
+    def _rel(self, path: str) -> str | None:
+        if not path.startswith(self._prefix):
+            return None
+        rel = path[len(self._prefix) :]
+        if not self.recursive and "/" in rel:
+            return None
+        return rel
+
+    def _offer(self, item: Tracked) -> bool:
+        """Queue without waiting; when the queue is full the file is dropped, counted, and forgotten
+        so that the next rescan finds it again.
+        """
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.metrics.events_dropped.inc()
+            self.tracked.pop(item.rel, None)
+            return False
+        self._queued(item)
+        return True
+
+    async def _put(self, item: Tracked) -> None:
+        """Queue, waiting for room (walks apply backpressure instead of dropping)."""
+        item.state = "queued"
+        await self.queue.put(item)
+        self._queued(item)
+
+    def _queued(self, item: Tracked) -> None:
+        item.state = "queued"
+        if not item.ready_wall:
+            item.ready_wall = time.time()
+        if not item.counted:
+            item.counted = True
+            self.metrics.files_discovered.labels(source=item.source).inc()
+
+    def finish(self, item: Tracked) -> None:
+        """A worker is done with `item` (any outcome); a change seen meanwhile is looked at again."""
+        if self.tracked.get(item.rel) is item:
+            del self.tracked[item.rel]
+        if item.rerun and not self.stopping:
+            self._hint(item.rel, proven=False)
+
+    def retry_later(self, item: Tracked, delay: float) -> None:
+        """Queue `item` again after `delay` seconds (backoff), keeping its attempt count."""
+        item.state = "retrying"
+        asyncio.get_running_loop().call_later(delay, self._requeue, item)
+
+    def _requeue(self, item: Tracked) -> None:
+        if self.stopping or self.tracked.get(item.rel) is not item:
+            return
+        self._offer(item)
+
+    def resettle(self, item: Tracked) -> None:
+        """The file changed under a transfer: wait for it to be quiet again."""
+        self.tracked.pop(item.rel, None)
+        if not self.stopping:
+            self._hint(item.rel, proven=False)
+
+    # ---- events ------------------------------------------------------------------------------
+
+    async def run_events(self, bridge: EventBridge, stop: asyncio.Event) -> None:
+        """Consume the observer's batches until `stop` is set."""
+        while not stop.is_set():
+            waiter = asyncio.create_task(bridge.ready.wait())
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            stopper.cancel()
+            if stop.is_set():
+                return
+            batch, dropped = bridge.take()
+            if dropped:
+                self.metrics.events_dropped.inc(dropped)
+            self.handle_events(batch)
+
+    def handle_events(self, batch: list[RawEvent]) -> None:
+        """Turn one batch of raw events into hints (no I/O here: the transfer checks the file)."""
+        for ev in batch:
+            kind = ev.kind
+            if ev.is_dir:
+                if kind in ("created", "moved"):
+                    rel_dir = self._rel(ev.dest if kind == "moved" else ev.src)
+                    if rel_dir is not None and self.recursive and self.filter.accepts_dir(rel_dir):
+                        self._walk_soon(rel_dir)
+                continue
+            if kind == "closed":
+                self._hint_path(ev.src, proven=True)
+            elif kind == "moved":
+                if ev.src:
+                    self._forget(ev.src)
+                if ev.dest:
+                    self._hint_path(ev.dest, proven=True)
+            elif kind in ("created", "modified"):
+                self._hint_path(ev.src, proven=False)
+            elif kind == "deleted":
+                self._forget(ev.src)
+
+    def _hint_path(self, path: str, proven: bool) -> None:
+        rel = self._rel(path)
+        if rel is not None and self.filter.accepts(rel):
+            self._hint(rel, proven)
+
+    def _forget(self, path: str) -> None:
+        rel = self._rel(path)
+        item = self.tracked.get(rel) if rel is not None else None
+        if item is not None and item.state == "settling":
+            del self.tracked[item.rel]
+
+    def _hint(self, rel: str, proven: bool) -> None:
+        item = self.tracked.get(rel)
+        now = time.time()
+        if item is None:
+            if proven:
+                item = Tracked(rel, "event", now, ready_wall=now)
+                self.tracked[rel] = item
+                self._offer(item)
+            else:
+                if len(self.tracked) >= self._settling_cap + self.queue.maxsize:
+                    self.metrics.events_dropped.inc()
+                    return
+                item = Tracked(rel, "event", now)
+                self.tracked[rel] = item
+                self._schedule(item, self.settle)
+            return
+        if item.state == "settling":
+            item.source = "event"  # an event reported it before any rescan could queue it
+            if proven:
+                item.ready_wall = now
+                self._offer(item)
+        elif item.state in ("running", "retrying") and proven:
+            item.rerun = True  # rewritten while being handled: look again afterwards
+
+    # ---- settling ----------------------------------------------------------------------------
+
+    def _schedule(self, item: Tracked, delay: float) -> None:
+        item.state = "settling"
+        item.due_mono = time.monotonic() + delay
+        self._seq += 1
+        heapq.heappush(self._heap, (item.due_mono, self._seq, item.rel))
+        self._wake.set()
+
+    async def run_settler(self, stop: asyncio.Event) -> None:
+        """Check settling files when they fall due, until `stop` is set."""
+        while not stop.is_set():
+            timeout = None
+            if self._heap:
+                timeout = max(0.0, self._heap[0][0] - time.monotonic())
+            self._wake.clear()
+            waiter = asyncio.create_task(self._wake.wait())
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({waiter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            stopper.cancel()
+            if stop.is_set():
+                return
+            due = self._pop_due()
+            if due:
+                await self._check(due)
+
+    def _pop_due(self) -> list[Tracked]:
+        now = time.monotonic()
+        due: list[Tracked] = []
+        while self._heap and self._heap[0][0] <= now and len(due) < 2048:
+            _, _, rel = heapq.heappop(self._heap)
+            item = self.tracked.get(rel)
+            if item is not None and item.state == "settling" and item.due_mono <= now:
+                due.append(item)
+        return due
+
+    async def _check(self, items: list[Tracked]) -> None:
+        inbox = self.inbox
+        settle = self.settle
+        Look = tuple[Tracked, Snapshot | None, Snapshot | None, tuple[int, int] | None]
+
+        def look() -> tuple[list[Look], set[tuple[int, int]]]:
+            seen: list[Look] = []
+            for item in items:
+                try:
+                    st = os.lstat(os.path.join(inbox, item.rel))
+                except OSError:
+                    seen.append((item, None, None, None))
+                    continue
+                snap = Snapshot(st.st_size, st.st_mtime_ns, time.monotonic(), time.time())
+                first = item.first if item.first is not None and unchanged(item.first, snap) else snap
+                seen.append((item, first, snap, (st.st_dev, st.st_ino)))
+            quiet = [ino for _, first, snap, ino in seen if first and snap and ino and is_quiet(first, snap, settle)]
+            return seen, open_for_writing(quiet)
+
+        seen, writing = await asyncio.to_thread(look)
+        for item, first, snap, ino in seen:
+            if self.tracked.get(item.rel) is not item or item.state != "settling":
+                continue
+            if first is None or snap is None:
+                del self.tracked[item.rel]  # vanished before pickup: not an error
+                continue
+            item.first = first
+            if not is_quiet(first, snap, settle):
+                self._schedule(item, next_check_in(first, snap, settle))
+            elif ino in writing:
+                self._schedule(item, max(settle, 0.5))  # a local writer holds it open: never take it
+            else:
+                item.ready_wall = snap.mtime_ns / 1e9  # complete since its last write
+                self._offer(item)
+
+    # ---- walks -------------------------------------------------------------------------------
+
+    def _walk_soon(self, rel_dir: str) -> None:
+        task = asyncio.create_task(self.scan(rel_dir, source="event"))
+        self._walks.add(task)
+        task.add_done_callback(self._walks.discard)
+
+    async def scan(self, start_rel: str = "", source: Source = "rescan") -> int:
+        """Walk the inbox (or one folder of it) and queue every file not yet tracked; return how
+        many new files were found. Waits for queue room instead of dropping.
+        """
+        found = 0
+        settle = self.settle
+        async for batch in walk(self.inbox, self.filter, self.recursive, start_rel):
+            if self.stopping:
+                break
+            fresh = [f for f in batch if f.rel not in self.tracked]
+            if not fresh:
+                continue
+            now_wall, now_mono = time.time(), time.monotonic()
+            quiet: list[Found] = []
+            for f in fresh:
+                if now_wall - f.mtime_ns / 1e9 >= settle:
+                    quiet.append(f)
+                else:
+                    item = Tracked(f.rel, source, now_wall)
+                    item.first = Snapshot(f.size, f.mtime_ns, now_mono, now_wall)
+                    self.tracked[f.rel] = item
+                    self._schedule(item, next_check_in(item.first, item.first, settle))
+                    found += 1
+            writing = await asyncio.to_thread(open_for_writing, [(f.dev, f.ino) for f in quiet]) if quiet else set()
+            for f in quiet:
+                if f.rel in self.tracked:
+                    continue  # an event got there while we looked
+                item = Tracked(f.rel, source, now_wall, ready_wall=f.mtime_ns / 1e9)
+                item.first = Snapshot(f.size, f.mtime_ns, now_mono, now_wall)
+                self.tracked[f.rel] = item
+                found += 1
+                if (f.dev, f.ino) in writing:
+                    self._schedule(item, max(settle, 0.5))
+                else:
+                    await self._put(item)
+        return found
+
+    async def cancel_walks(self) -> None:
+        """Stop folder walks started by events (shutdown)."""
+        for task in list(self._walks):
+            task.cancel()
+        for task in list(self._walks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def inbox_path(inbox: Path, rel: str) -> Path:
+    """The absolute inbox path of a relative path."""
+    return inbox / rel

@@ -1,0 +1,120 @@
+"""The outbox gate: intake pauses while the outbox cannot take files, and opens by itself again.
+
+A full disk or an unusable outbox is not a file's fault, so no attempt is charged: workers wait at
+the gate, readiness reports the reason, and a probe writes a small file every few seconds until it
+succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import stat
+from pathlib import Path
+
+from watcher.logging import get_logger
+from watcher.metrics import Metrics
+from watcher.pipeline.transfer import TEMP_PREFIX, TEMP_SUFFIX
+
+log = get_logger(__name__)
+PROBE_BYTES = 64 * 1024
+
+
+def outbox_problem(outbox: Path) -> str | None:
+    """A cheap check that `outbox` can take files (blocking); None when it can, else the reason."""
+    try:
+        st = os.stat(outbox)
+    except OSError as exc:
+        return f"outbox {outbox} is unusable: {exc.strerror}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"outbox {outbox} is not a directory"
+    if not os.access(outbox, os.W_OK | os.X_OK):
+        return f"outbox {outbox} is not writable (permission denied or immutable)"
+    try:
+        vfs = os.statvfs(outbox)
+    except OSError as exc:
+        return f"outbox {outbox}: statvfs failed: {exc.strerror}"
+    if vfs.f_flag & os.ST_RDONLY:
+        return f"outbox {outbox} is on a read-only filesystem"
+    if vfs.f_bavail == 0 and vfs.f_blocks > 0:
+        return f"outbox {outbox} is full (no space left on device): free space or grow the volume"
+    return None
+
+
+def probe_write(outbox: Path) -> str | None:
+    """Write, flush and remove a small file in `outbox` (blocking); None on success, else the reason."""
+    problem = outbox_problem(outbox)
+    if problem:
+        return problem
+    probe = outbox / f"{TEMP_PREFIX}probe-{os.getpid()}{TEMP_SUFFIX}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, b"\0" * PROBE_BYTES)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        what = "is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "cannot be written"
+        return f"outbox {outbox} {what}: {exc.strerror} (errno {exc.errno})"
+    finally:
+        try:
+            os.unlink(probe)
+        except OSError:
+            pass
+    return None
+
+
+class OutboxGate:
+    """Open while deliveries may run; closed (with a reason) while the outbox cannot take files."""
+
+    def __init__(self, outbox: Path, metrics: Metrics, probe_interval: float = 2.0) -> None:
+        """Start open; `probe_interval` is how often a closed gate tests the outbox."""
+        self.outbox = outbox
+        self.metrics = metrics
+        self.probe_interval = probe_interval
+        self._open = asyncio.Event()
+        self._open.set()
+        self.reason = ""
+        self._prober: asyncio.Task[None] | None = None
+
+    @property
+    def is_open(self) -> bool:
+        """True while intake is not paused."""
+        return self._open.is_set()
+
+    async def wait_open(self) -> None:
+        """Return when deliveries may run."""
+        await self._open.wait()
+
+    def close(self, reason: str) -> None:
+        """Pause intake because of `reason`, and start probing the outbox."""
+        self.reason = reason
+        if not self._open.is_set():
+            return
+        self._open.clear()
+        self.metrics.intake_paused.set(1)
+        log.error("intake.paused", reason=reason, action="free space or fix the outbox; delivery resumes by itself")
+        self._prober = asyncio.create_task(self._probe())
+
+    async def _probe(self) -> None:
+        while True:
+            await asyncio.sleep(self.probe_interval)
+            problem = await asyncio.to_thread(probe_write, self.outbox)
+            if problem is None:
+                break
+            self.reason = problem
+        self.reason = ""
+        self.metrics.intake_paused.set(0)
+        self._open.set()
+        log.info("intake.resumed", outbox=str(self.outbox))
+
+    async def stop(self) -> None:
+        """Stop probing (shutdown)."""
+        if self._prober is not None and not self._prober.done():
+            self._prober.cancel()
+            try:
+                await self._prober
+            except asyncio.CancelledError:
+                pass

@@ -1,0 +1,76 @@
+"""Quarantine: a file that could not be delivered moves to the failed dir beside ``<name>.error.json``."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+import aiofiles.os
+
+from watcher.pipeline.transfer import Outcome, TransferResult, deliver
+
+SIDECAR_SUFFIX = ".error.json"
+
+
+@dataclass(frozen=True)
+class FailureReport:
+    """Why a file was quarantined: the content of its ``.error.json``."""
+
+    path: str
+    attempts: int
+    error: str
+    error_type: str
+    errno: int | None
+    first_seen: float
+    last_attempt: float
+
+    def to_json(self) -> dict[str, Any]:
+        """The sidecar document, timestamps as ISO-8601 with offset."""
+        return {
+            "path": self.path,
+            "attempts": self.attempts,
+            "error": self.error,
+            "error_type": self.error_type,
+            "errno": self.errno,
+            "errno_name": _errno_name(self.errno),
+            "first_seen": _iso(self.first_seen),
+            "last_attempt": _iso(self.last_attempt),
+            "quarantined_at": _iso(datetime.now(UTC).timestamp()),
+            "action": "fix the cause, then POST /jobs/retry_failed/run or move the file back into the inbox",
+        }
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def _errno_name(err: int | None) -> str | None:
+    import errno as errno_mod
+
+    return errno_mod.errorcode.get(err) if err is not None else None
+
+
+def move_to_failed(src: Path, rel: str, failed_root: Path, fsync: bool) -> TransferResult:
+    """Move the source into the failed dir with its relative path kept (blocking)."""
+    return deliver(src, rel, failed_root, on_conflict="rename", fsync=fsync, abort=threading.Event())
+
+
+async def write_sidecar(dest: Path, report: FailureReport) -> Path:
+    """Write ``<dest>.error.json`` atomically (temp name, then rename)."""
+    sidecar = dest.with_name(dest.name + SIDECAR_SUFFIX)
+    tmp = dest.with_name(f".{dest.name}.error.json.{os.getpid()}.partial")
+    async with aiofiles.open(tmp, "w", encoding="utf-8") as handle:
+        await handle.write(json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n")
+    await aiofiles.os.replace(tmp, sidecar)
+    return sidecar
+
+
+def quarantined(result: TransferResult) -> bool:
+    """True when the move into the failed dir placed the file (or found it there already)."""
+    return result.outcome in (Outcome.DELIVERED, Outcome.DUPLICATE)

@@ -1,0 +1,223 @@
+"""The worker pool: N asyncio tasks take files off the queue and run each transfer in a thread.
+
+A small file's whole transfer is one thread hop. Outcomes become metrics and one log line per file.
+I/O errors are retried with exponential backoff and full jitter; after WATCHER_MAX_ATTEMPTS the file
+is quarantined. Outbox problems close the gate instead and charge no attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+from watcher.config import Settings
+from watcher.logging import get_logger, printable
+from watcher.metrics import Metrics
+from watcher.pipeline.intake import Intake, Tracked
+from watcher.pipeline.outbox_gate import OutboxGate
+from watcher.pipeline.quarantine import FailureReport, move_to_failed, quarantined, write_sidecar
+from watcher.pipeline.transfer import (
+    ConflictRefused,
+    OutboxUnavailable,
+    Outcome,
+    SourceChanged,
+    TransferAborted,
+    TransferResult,
+    deliver,
+)
+
+log = get_logger(__name__)
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 60.0
+
+
+def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:
+    """Full-jitter exponential backoff for the given failed attempt number (1-based)."""
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1))
+    return (rng or random).uniform(ceiling / 2, ceiling)
+
+
+class WorkerPool:
+    """Runs WATCHER_WORKERS delivery tasks until stopped."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        intake: Intake,
+        queue: asyncio.Queue[Tracked],
+        gate: OutboxGate,
+    ) -> None:
+        """Bind to the shared queue, intake bookkeeping and outbox gate."""
+        self.settings = settings
+        self.metrics = metrics
+        self.intake = intake
+        self.queue = queue
+        self.gate = gate
+        self.abort = threading.Event()
+        self.summary: Counter[str] = Counter()
+        self._executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="transfer")
+        self._tasks: list[asyncio.Task[None]] = []
+        self._busy: set[asyncio.Task[None]] = set()
+        self._accepting = True
+
+    def start(self) -> None:
+        """Start the worker tasks."""
+        self._tasks = [asyncio.create_task(self._worker(), name=f"worker-{i}") for i in range(self.settings.workers)]
+
+    async def _worker(self) -> None:
+        while self._accepting:
+            item = await self.queue.get()
+            if not self._accepting:
+                return
+            item.state = "running"
+            job = asyncio.create_task(self._handle(item))
+            self._busy.add(job)
+            try:
+                await asyncio.shield(job)
+            finally:
+                self._busy.discard(job)
+
+    async def stop(self, timeout: float) -> int:
+        """Stop taking files, let in-flight transfers finish within `timeout`, then abort them.
+
+        Returns how many transfers had to be interrupted (their sources stay in the inbox).
+        """
+        self._accepting = False
+        for task in self._tasks:
+            task.cancel()
+        busy = set(self._busy)
+        interrupted = 0
+        if busy:
+            _, pending = await asyncio.wait(busy, timeout=timeout)
+            if pending:
+                interrupted = len(pending)
+                self.abort.set()  # copies stop at their next chunk and remove their temp files
+                await asyncio.wait(pending, timeout=10)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        return interrupted
+
+    async def _handle(self, item: Tracked) -> None:
+        src = self.intake.inbox / item.rel
+        loop = asyncio.get_running_loop()
+        run = partial(
+            deliver,
+            src,
+            item.rel,
+            self.settings.outbox,
+            on_conflict=self.settings.on_conflict,
+            fsync=self.settings.fsync,
+            abort=self.abort,
+        )
+        while True:
+            await self.gate.wait_open()
+            started = time.monotonic()
+            self.metrics.inflight_transfers.inc()
+            try:
+                result = await loop.run_in_executor(self._executor, run)
+            except OutboxUnavailable as exc:
+                self.gate.close(exc.reason)
+                continue  # not the file's fault: wait at the gate, charge nothing
+            except ConflictRefused as exc:
+                await self._quarantine(item, exc, started)
+            except SourceChanged as exc:
+                log.info("file.changed", path=item.rel, reason=str(exc), outcome="resettle")
+                self.intake.resettle(item)
+                return
+            except TransferAborted:
+                log.warning("file.interrupted", path=item.rel, outcome="left_in_inbox")
+                self.summary["interrupted"] += 1
+            except OSError as exc:
+                await self._failed_attempt(item, exc, started)
+            else:
+                self._record(item, result, time.monotonic() - started)
+            finally:
+                self.metrics.inflight_transfers.dec()
+            break
+        if item.state != "retrying":
+            self.intake.finish(item)
+
+    def _record(self, item: Tracked, result: TransferResult, duration: float) -> None:
+        outcome = result.outcome
+        self.summary[outcome.value] += 1
+        fields = {"path": item.rel, "bytes": result.size, "duration_ms": round(duration * 1000, 3)}
+        if outcome is Outcome.DELIVERED:
+            self.metrics.files_delivered.inc()
+            self.metrics.bytes_delivered.inc(result.size)
+            self.metrics.transfer_duration.observe(duration)
+            self.metrics.delivery_latency.observe(max(0.0, time.time() - item.ready_wall))
+            dest = result.dest
+            renamed = dest is not None and dest.name != item.rel.rpartition("/")[2]
+            log.info(
+                "file.delivered",
+                **fields,
+                outcome="delivered",
+                renamed_to=printable(dest.name) if renamed and dest else None,
+            )
+        elif outcome is Outcome.DUPLICATE:
+            self.metrics.files_duplicate.inc()
+            log.info("file.duplicate", **fields, outcome="duplicate")
+        else:
+            log.debug("file.ignored", path=item.rel, outcome=outcome.value, reason=result.reason)
+
+    async def _failed_attempt(self, item: Tracked, exc: OSError, started: float) -> None:
+        item.attempts += 1
+        if not item.first_error_wall:
+            item.first_error_wall = time.time()
+        if item.attempts >= self.settings.max_attempts:
+            await self._quarantine(item, exc, started)
+            return
+        delay = backoff_delay(item.attempts)
+        self.metrics.files_retried.inc()
+        self.summary["retried"] += 1
+        log.warning(
+            "file.retry",
+            path=item.rel,
+            attempt=item.attempts,
+            max_attempts=self.settings.max_attempts,
+            error=str(exc),
+            errno=exc.errno,
+            retry_in_s=round(delay, 3),
+            outcome="retry",
+        )
+        self.intake.retry_later(item, delay)
+
+    async def _quarantine(self, item: Tracked, exc: Exception, started: float) -> None:
+        report = FailureReport(
+            path=item.rel,
+            attempts=max(item.attempts, 1),
+            error=str(exc),
+            error_type=type(exc).__name__,
+            errno=getattr(exc, "errno", None),
+            first_seen=item.first_seen_wall,
+            last_attempt=time.time(),
+        )
+        src = self.intake.inbox / item.rel
+        failed_root = self.settings.failed_path
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(
+                self._executor, partial(move_to_failed, src, item.rel, failed_root, self.settings.fsync)
+            )
+            if quarantined(result) and result.dest is not None:
+                await write_sidecar(result.dest, report)
+        except (OSError, OutboxUnavailable, SourceChanged) as move_exc:
+            log.error("file.quarantine_failed", path=item.rel, error=str(move_exc), outcome="left_in_inbox")
+            return
+        self.metrics.files_failed.inc()
+        self.summary["failed"] += 1
+        log.error(
+            "file.quarantined",
+            path=item.rel,
+            attempts=report.attempts,
+            error=report.error,
+            errno=report.errno,
+            duration_ms=round((time.monotonic() - started) * 1000, 3),
+            failed_dir=str(failed_root),
+            outcome="failed",
+        )

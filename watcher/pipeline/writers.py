@@ -1,0 +1,56 @@
+"""Which files does a local process hold open for writing? (Linux /proc; blocking)
+
+inotify close events usually answer this, but an event can be lost (queue overflow) and the polling
+observer has none; before a file is taken on the strength of its quiet time, the truth is checked
+here. Only processes visible in our PID namespace can be seen: a writer in another container that
+shares the volume is covered by the settle time alone (documented in the README).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+FileId = tuple[int, int]  # (st_dev, st_ino)
+
+
+def open_for_writing(wanted: Iterable[FileId], proc: str = "/proc") -> set[FileId]:
+    """Return the members of `wanted` that some process has open with write access."""
+    targets = set(wanted)
+    found: set[FileId] = set()
+    if not targets:
+        return found
+    try:
+        pids = [p for p in os.listdir(proc) if p.isdigit()]
+    except OSError:
+        return found
+    me = str(os.getpid())
+    for pid in pids:
+        if pid == me:
+            continue  # our own descriptors are read-only copies of sources
+        fd_dir = f"{proc}/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue  # gone, or not ours to read
+        for fd in fds:
+            try:
+                st = os.stat(f"{fd_dir}/{fd}")
+            except OSError:
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key in targets and _writable(f"{proc}/{pid}/fdinfo/{fd}"):
+                found.add(key)
+    return found
+
+
+def _writable(fdinfo: str) -> bool:
+    try:
+        with open(fdinfo, encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("flags:"):
+                    flags = int(line.split()[1], 8)
+                    return (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
+    except (OSError, ValueError):
+        return False
+    return False

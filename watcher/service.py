@@ -1,0 +1,258 @@
+"""The composition root: builds everything from one Settings object, starts in order, stops in
+reverse, and owns the signals (the only module that imports ``signal``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
+from collections.abc import Generator
+from pathlib import Path
+
+import uvicorn
+
+from watcher import __version__
+from watcher.config import ConfigError, Settings
+from watcher.http.app import Check, create_app
+from watcher.logging import get_logger
+from watcher.metrics import Metrics, create_metrics
+from watcher.pipeline.intake import Intake, Tracked
+from watcher.pipeline.observer import EventBridge, ObserverChoice, observer_alive, start_observer
+from watcher.pipeline.outbox_gate import OutboxGate, outbox_problem
+from watcher.pipeline.rescan import sweep_temp_files
+from watcher.pipeline.workers import WorkerPool
+
+log = get_logger(__name__)
+
+
+def prepare_directories(settings: Settings) -> None:
+    """Create the inbox, outbox, state and failed dirs when missing; refuse an inbox that is a file."""
+    named = [
+        ("WATCHER_INBOX", settings.inbox),
+        ("WATCHER_OUTBOX", settings.outbox),
+        ("WATCHER_STATE_DIR", settings.state_dir),
+        ("WATCHER_FAILED_DIR", settings.failed_path),
+    ]
+    for name, path in named:
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{name}={path} is not a directory: point it at a folder")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"{name}={path} cannot be created: {exc.strerror}; create it or fix permissions") from exc
+    if not os.access(settings.inbox, os.R_OK | os.X_OK):
+        raise ConfigError(f"WATCHER_INBOX={settings.inbox} is not readable by this user: fix its permissions")
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the service owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        """Leave signal handling to the service."""
+        yield
+
+
+class Service:
+    """One running watcher: observer, intake, workers, rescan and HTTP in one event loop."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        """Hold the settings; nothing starts before :meth:`run`."""
+        self.settings = settings
+        self.metrics = metrics or create_metrics()
+        self.stop_event = asyncio.Event()
+        self.stopping = False
+        self.queue: asyncio.Queue[Tracked] = asyncio.Queue(maxsize=settings.queue_size)
+        self.intake = Intake(settings, self.metrics, self.queue)
+        self.gate = OutboxGate(settings.outbox, self.metrics)
+        self.workers = WorkerPool(settings, self.metrics, self.intake, self.queue, self.gate)
+        self.observer: ObserverChoice | None = None
+        self._signals = 0
+        self.rescans = 0
+
+    # ---- readiness ---------------------------------------------------------------------------
+
+    async def readiness(self) -> dict[str, Check]:
+        """The named checks of /health/ready; file-system checks run in a thread."""
+        s = self.settings
+
+        def fs_checks() -> dict[str, Check]:
+            inbox_ok = s.inbox.is_dir() and os.access(s.inbox, os.R_OK | os.X_OK)
+            outbox = outbox_problem(s.outbox)
+            state_ok = s.state_dir.is_dir() and os.access(s.state_dir, os.W_OK | os.X_OK)
+            return {
+                "inbox": (
+                    inbox_ok,
+                    f"{s.inbox} readable" if inbox_ok else f"{s.inbox} is missing or not readable",
+                ),
+                "outbox": (outbox is None, outbox or f"{s.outbox} writable"),
+                "state_dir": (
+                    state_ok,
+                    f"{s.state_dir} writable" if state_ok else f"{s.state_dir} is not writable",
+                ),
+            }
+
+        checks: dict[str, Check] = {}
+        choice = self.observer
+        if choice is None:
+            checks["observer"] = (False, "not started yet")
+        else:
+            alive = observer_alive(choice.observer)
+            checks["observer"] = (
+                alive,
+                f"{choice.mode}: {choice.reason}" if alive else f"{choice.mode} observer stopped",
+            )
+        checks.update(await asyncio.to_thread(fs_checks))
+        if self.gate.is_open:
+            checks["intake"] = (not self.stopping, "shutting down" if self.stopping else "accepting files")
+        else:
+            checks["intake"] = (False, f"paused: {self.gate.reason}")
+        return checks
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """First SIGTERM/SIGINT: graceful stop. A second one: abort in-flight copies at once."""
+        self._signals += 1
+        if self._signals == 1:
+            log.info("service.stopping", reason="signal")
+            self.stop_event.set()
+        else:
+            log.warning("service.stopping_now", reason="second signal: interrupting transfers")
+            self.workers.abort.set()
+
+    def _bind(self) -> socket.socket:
+        s = self.settings
+        family = socket.AF_INET6 if ":" in s.http_host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((s.http_host, s.http_port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(
+                f"WATCHER_HTTP_HOST/WATCHER_HTTP_PORT {s.http_host}:{s.http_port} cannot be bound: {exc.strerror}; "
+                "pick a free port"
+            ) from exc
+        sock.listen(128)
+        sock.setblocking(False)
+        return sock
+
+    def _wire_gauges(self) -> None:
+        m = self.metrics
+        m.queue_depth.set_function(self.queue.qsize)
+        m.oldest_pending.set_function(self.intake.oldest_pending_seconds)
+        m.pending_files.set_function(lambda: len(self.intake.tracked))
+        m.observer_up.set_function(lambda: 1.0 if self.observer and observer_alive(self.observer.observer) else 0.0)
+        m.observer_polling.set_function(lambda: 1.0 if self.observer and self.observer.mode == "polling" else 0.0)
+
+    async def run(self) -> int:
+        """Run until a signal asks to stop; return the exit code (0 after a clean shutdown)."""
+        s = self.settings
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        prepare_directories(s)
+        sock = self._bind()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        self._wire_gauges()
+        swept = await asyncio.to_thread(_sweep_all, [s.outbox, s.failed_path])
+        bridge = EventBridge(loop, max_pending=max(4 * s.queue_size, 65536))
+        self.observer = await asyncio.to_thread(start_observer, s.observer, s.inbox, s.recursive, bridge)
+        log.info(
+            "service.started",
+            version=__version__,
+            observer=self.observer.mode,
+            observer_reason=self.observer.reason,
+            stale_temp_files_removed=swept,
+            settings=s.public_view(),
+        )
+        app = create_app(self.metrics.registry, self.readiness)
+        server = _EmbeddedServer(
+            uvicorn.Config(
+                app,
+                log_config=None,
+                lifespan="off",
+                limit_concurrency=s.http_max_connections,
+                timeout_keep_alive=5,
+                timeout_graceful_shutdown=5,
+                server_header=False,
+            )
+        )
+        tasks = [
+            asyncio.create_task(self.intake.run_events(bridge, self.stop_event), name="events"),
+            asyncio.create_task(self.intake.run_settler(self.stop_event), name="settler"),
+            asyncio.create_task(self._startup_scan(started), name="startup-scan"),
+            asyncio.create_task(self._rescan_loop(), name="rescan"),
+        ]
+        self.workers.start()
+        http = asyncio.create_task(server.serve(sockets=[sock]), name="http")
+        await self.stop_event.wait()
+        await self._shutdown(tasks, server, http, started)
+        return 0
+
+    async def _startup_scan(self, started: float) -> None:
+        found = await self.intake.scan()
+        log.info("rescan.startup_done", files_found=found, seconds=round(time.monotonic() - started, 3))
+
+    async def _rescan_loop(self) -> None:
+        interval = self.settings.rescan_interval
+        if interval <= 0:
+            return
+        while not self.stop_event.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), interval)
+            if self.stop_event.is_set():
+                return
+            await self.rescan()
+
+    async def rescan(self) -> int:
+        """A full scan now; returns the files it found that nothing had reported."""
+        found = await self.intake.scan()
+        self.rescans += 1
+        if found:
+            log.info("rescan.found", files_found=found)
+        return found
+
+    async def _shutdown(
+        self,
+        tasks: list[asyncio.Task[None]],
+        server: uvicorn.Server,
+        http: asyncio.Task[None],
+        started: float,
+    ) -> None:
+        s = self.settings
+        self.stopping = True
+        self.intake.stopping = True
+        t0 = time.monotonic()
+        if self.observer is not None:
+            observer = self.observer.observer
+            observer.stop()
+            await asyncio.to_thread(observer.join, 10)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.intake.cancel_walks()
+        interrupted = await self.workers.stop(s.shutdown_timeout)
+        await self.gate.stop()
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(http, timeout=10)
+        summary = dict(self.workers.summary)
+        log.info(
+            "service.stopped",
+            uptime_s=round(time.monotonic() - started, 3),
+            drain_s=round(time.monotonic() - t0, 3),
+            interrupted=interrupted,
+            left_in_queue=self.queue.qsize(),
+            **{f"files_{k}": v for k, v in summary.items()},
+        )
+
+
+def _sweep_all(roots: list[Path]) -> int:
+    """Remove every temporary file of ours at start-up: none can be in progress yet."""
+    return sum(sweep_temp_files(root)[0] for root in roots)

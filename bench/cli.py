@@ -63,9 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(SUBJECT_KEYS),
         help="comma-separated subset of: " + ", ".join(SUBJECT_KEYS),
     )
-    p.add_argument(
-        "--out", type=Path, default=RESULTS, help="folder for latest.md/json/png (default bench/results)"
-    )
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder for latest.md/json/png (default bench/results)")
     p.add_argument("--keep", action="store_true", help="keep each run's folders under bench/.work")
     return p.parse_args(argv)
 
@@ -73,9 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; exit 0 when every run finished (targets may still be missed), 1 otherwise."""
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
-    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     signal.signal(signal.SIGTERM, _interrupt)
     cfg = SMOKE if args.smoke else FULL
     if args.reps:

@@ -153,7 +153,7 @@ def run_one(subject: Subject, workload: Workload, cfg: Config, rep: int, keep: b
         report = integrity.check(dirs.inbox, dirs.outbox, plan.expected, plan.inbox_allowed)
         result.integrity = report.as_dict()
         result.faults = report.faults
-    except Exception as exc:  # a run that breaks is reported, the others still run
+    except Exception as exc:  # noqa: BLE001  # a run that breaks is reported; the others still run
         result.error = f"{type(exc).__name__}: {exc}"
         result.faults = max(result.faults, 1)
     finally:
@@ -162,9 +162,7 @@ def run_one(subject: Subject, workload: Workload, cfg: Config, rep: int, keep: b
     return result
 
 
-def _run_subject(
-    result: RunResult, subject: Subject, workload: Workload, cfg: Config, plan: Plan, dirs: Dirs
-) -> None:
+def _run_subject(result: RunResult, subject: Subject, workload: Workload, cfg: Config, plan: Plan, dirs: Dirs) -> None:
     with OutboxObserver(dirs.outbox) as observer:
         running = subject.start(dirs)
         try:
@@ -179,6 +177,8 @@ def _run_subject(
             at_end = running.sample()
         finally:
             result.exit_code = running.stop()
+            if running.stop_note:
+                result.error = running.stop_note
         result.peak_rss_mib = at_end.peak_rss_kib / 1024
         result.cpu_total_s = at_end.cpu_s
         result.cpu_s = at_end.cpu_s - (0.0 if workload.backlog else at_ready.cpu_s)

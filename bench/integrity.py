@@ -55,9 +55,7 @@ class IntegrityReport:
     @property
     def faults(self) -> int:
         """Total number of problems."""
-        return sum(
-            len(x) for x in (self.missing, self.corrupt, self.unexpected, self.temp_left, self.inbox_left)
-        )
+        return sum(len(x) for x in (self.missing, self.corrupt, self.unexpected, self.temp_left, self.inbox_left))
 
     @property
     def ok(self) -> bool:

@@ -76,3 +76,13 @@ def sample(sid: int) -> ProcSample:
         peak_rss_kib=sum(peak_rss_kib(p) for p in pids),
         pids=len(pids),
     )
+
+
+def signal_state(pid: int) -> str:
+    """The process state and signal masks of ``pid``, for a diagnosis when it ignores SIGTERM."""
+    try:
+        lines = (_PROC / str(pid) / "status").read_text().splitlines()
+    except (FileNotFoundError, ProcessLookupError):
+        return "gone"
+    keep = ("State:", "SigPnd:", "ShdPnd:", "SigBlk:", "SigIgn:", "SigCgt:")
+    return ", ".join(" ".join(x.split()) for x in lines if x.startswith(keep))

@@ -137,9 +137,7 @@ def evaluate_targets(get: Lookup, cfg: Config, subject: str = "watcher") -> list
     """The issue's targets for ``subject`` (medians), each met, missed or n/a."""
     targets: list[Target] = []
 
-    def add(
-        workload: str, name: str, value: float | None, threshold: float | None, le: bool, unit: str
-    ) -> None:
+    def add(workload: str, name: str, value: float | None, threshold: float | None, le: bool, unit: str) -> None:
         met = None if value is None or threshold is None else value <= threshold if le else value >= threshold
         sign = "<=" if le else ">="
         targets.append(Target(workload, name, fmt(value, unit), f"{sign} {fmt(threshold, unit)}", met))
@@ -209,9 +207,7 @@ def evaluate_targets(get: Lookup, cfg: Config, subject: str = "watcher") -> list
         label = "latency p50" if key == "lat_p50_ms" else "files/s"
         unit = " ms" if key == "lat_p50_ms" else "/s"
         ours, theirs = m(workload, key), m(workload, key, "inotifywait")
-        met = (
-            None if ours is None or theirs is None else (ours < theirs if lower_is_better else ours > theirs)
-        )
+        met = None if ours is None or theirs is None else (ours < theirs if lower_is_better else ours > theirs)
         sign = "<" if lower_is_better else ">"
         targets.append(
             Target(
@@ -248,11 +244,7 @@ def machine_info() -> dict[str, str]:
             cpu = line.split(":", 1)[1].strip()
             break
     mem_kib = next(
-        (
-            int(x.split()[1])
-            for x in Path("/proc/meminfo").read_text().splitlines()
-            if x.startswith("MemTotal")
-        ),
+        (int(x.split()[1]) for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal")),
         0,
     )
     os_name = "?"

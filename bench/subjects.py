@@ -52,10 +52,12 @@ class Running:
     """One started subject process (the leader of its own session)."""
 
     name: str
+    kind: str
     proc: subprocess.Popen[bytes]
     t_start: float
     is_ready: Callable[[], bool]
     log: Path
+    stop_note: str | None = None
 
     @property
     def pid(self) -> int:
@@ -77,16 +79,23 @@ class Running:
         """CPU seconds and peak RSS of the subject's processes now."""
         return procstat.sample(self.pid)
 
-    def stop(self, timeout: float = 40.0) -> int | None:
-        """SIGTERM the subject (the whole session for shell loops); return its exit code."""
+    def stop(self, timeout: float | None = None) -> int | None:
+        """SIGTERM the subject (the whole session for shell loops); return its exit code.
+
+        The service gets ``timeout`` (default 40 s, more than its shutdown timeout) to drain; a baseline
+        gets 5 s. Past that the session is killed, and the ``stop_note`` says so.
+        """
+        if timeout is None:
+            timeout = 40.0 if self.kind == "watcher" else 5.0
         if self.proc.poll() is None:
             try:
-                if self.name.startswith("watcher"):
+                if self.kind == "watcher":  # the service drains on SIGTERM; signal it alone
                     self.proc.send_signal(signal.SIGTERM)
                 else:
                     os.killpg(self.pid, signal.SIGTERM)
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                self.stop_note = f"did not exit {timeout:g} s after SIGTERM ({procstat.signal_state(self.pid)})"
                 os.killpg(self.pid, signal.SIGKILL)
                 self.proc.wait()
             except ProcessLookupError:
@@ -151,7 +160,7 @@ class Subject:
     """Something that delivers files from an inbox to an outbox."""
 
     name: str
-    kind: str  # "watcher", "limit" or "inotifywait"
+    kind: str  # "watcher", "limit", "inotifywait" or "cp+sync" (run by the harness itself)
     can_backlog: bool
     env: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
@@ -203,7 +212,7 @@ class Subject:
             ready = _log_contains(dirs.log, "Watches established")
         else:
             raise ValueError(f"unknown subject kind {self.kind!r}")
-        return Running(name=self.name, proc=proc, t_start=t0, is_ready=ready, log=dirs.log)
+        return Running(name=self.name, kind=self.kind, proc=proc, t_start=t0, is_ready=ready, log=dirs.log)
 
 
 def ensure_inotifywait() -> bool:
@@ -224,13 +233,9 @@ WATCHER_INFO = Subject(
     env={"WATCHER_LOG_LEVEL": "info"},
     description="the same with WATCHER_LOG_LEVEL=info (one log line per file)",
 )
-LIMIT = Subject(
-    "limit", "limit", can_backlog=False, description="ctypes inotify loop, rename/copyfile, no fsync"
-)
+LIMIT = Subject("limit", "limit", can_backlog=False, description="ctypes inotify loop, rename/copyfile, no fsync")
 INOTIFYWAIT = Subject(
     "inotifywait", "inotifywait", can_backlog=False, description="`inotifywait -m | while read; do mv` loop"
 )
-CP_SYNC = Subject(
-    "cp+sync", "cp+sync", can_backlog=False, description="`cp FILE OUTBOX && sync` (big, other fs only)"
-)
+CP_SYNC = Subject("cp+sync", "cp+sync", can_backlog=False, description="`cp FILE OUTBOX && sync` (big, other fs only)")
 ALL = (WATCHER, LIMIT, INOTIFYWAIT, WATCHER_INFO, CP_SYNC)

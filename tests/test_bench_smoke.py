@@ -7,19 +7,13 @@ involved, so it runs in a few seconds on any Linux with inotify.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `bench` is a folder of the repository, not an installed package
-    sys.path.insert(0, str(REPO))
-
-from bench import harness, integrity, subjects  # noqa: E402
-from bench.inotify import OutboxObserver  # noqa: E402
-from bench.workloads import BY_KEY, SMOKE  # noqa: E402
+from bench import harness, integrity, subjects
+from bench.inotify import OutboxObserver
+from bench.workloads import BY_KEY, SMOKE
 
 CFG = replace(SMOKE, burst_files=20, ready_timeout_s=10.0)
 
@@ -54,7 +48,9 @@ def test_integrity_check_catches_a_missing_and_a_corrupt_file() -> None:
                 workload.drive(dirs, CFG, plan, running.pid)
                 assert observer.wait_delivered(plan.sizes, timeout=10) == set()
             finally:
-                assert running.stop() == 0
+                exit_code = running.stop()
+        assert running.stop_note is None
+        assert exit_code == 0
         assert integrity.check(dirs.inbox, dirs.outbox, plan.expected).ok
 
         gone, changed = sorted(plan.expected)[:2]

@@ -18,6 +18,8 @@ import uvicorn
 from watcher import __version__
 from watcher.config import ConfigError, Settings
 from watcher.http.app import Check, create_app
+from watcher.http.jobs_api import job_routes
+from watcher.jobs import JobService
 from watcher.logging import get_logger
 from watcher.metrics import Metrics, create_metrics
 from watcher.pipeline.intake import Intake, Tracked
@@ -71,8 +73,11 @@ class Service:
         self.gate = OutboxGate(settings.outbox, self.metrics)
         self.workers = WorkerPool(settings, self.metrics, self.intake, self.queue, self.gate)
         self.observer: ObserverChoice | None = None
+        # jobs: the schedule (APScheduler + its store); its `rescan` job replaces an interval loop
+        self.jobs = JobService(settings, self.metrics, self.rescan)
         self._signals = 0
         self.rescans = 0
+        self.started = asyncio.Event()  # set once the observer, workers and HTTP are up
 
     # ---- readiness ---------------------------------------------------------------------------
 
@@ -107,6 +112,7 @@ class Service:
                 f"{choice.mode}: {choice.reason}" if alive else f"{choice.mode} observer stopped",
             )
         checks.update(await asyncio.to_thread(fs_checks))
+        checks["schedule_store"] = await self.jobs.check()
         if self.gate.is_open:
             checks["intake"] = (not self.stopping, "shutting down" if self.stopping else "accepting files")
         else:
@@ -150,15 +156,21 @@ class Service:
         m.observer_up.set_function(lambda: 1.0 if self.observer and observer_alive(self.observer.observer) else 0.0)
         m.observer_polling.set_function(lambda: 1.0 if self.observer and self.observer.mode == "polling" else 0.0)
 
-    async def run(self) -> int:
-        """Run until a signal asks to stop; return the exit code (0 after a clean shutdown)."""
+    async def run(self, handle_signals: bool = True) -> int:
+        """Run until a signal (or :meth:`request_stop`) asks to stop; return the exit code.
+
+        `handle_signals=False` keeps the service embeddable (tests run it off the main thread's
+        signal handling, as arq's ``Worker(handle_signals=False)`` does).
+        """
         s = self.settings
         started = time.monotonic()
         loop = asyncio.get_running_loop()
         prepare_directories(s)
+        await self.jobs.open()  # jobs: a bad WATCHER_JOBSTORE_URL stops us before anything starts
         sock = self._bind()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop)
         self._wire_gauges()
         swept = await asyncio.to_thread(_sweep_all, [s.outbox, s.failed_path])
         bridge = EventBridge(loop, max_pending=max(4 * s.queue_size, 65536))
@@ -171,7 +183,7 @@ class Service:
             stale_temp_files_removed=swept,
             settings=s.public_view(),
         )
-        app = create_app(self.metrics.registry, self.readiness)
+        app = create_app(self.metrics.registry, self.readiness, extra_routes=job_routes(self.jobs, s.api_token))
         server = _EmbeddedServer(
             uvicorn.Config(
                 app,
@@ -187,31 +199,46 @@ class Service:
             asyncio.create_task(self.intake.run_events(bridge, self.stop_event), name="events"),
             asyncio.create_task(self.intake.run_settler(self.stop_event), name="settler"),
             asyncio.create_task(self._startup_scan(started), name="startup-scan"),
-            asyncio.create_task(self._rescan_loop(), name="rescan"),
+            asyncio.create_task(self._supervise_observer(bridge), name="observer-supervisor"),
         ]
         self.workers.start()
         http = asyncio.create_task(server.serve(sockets=[sock]), name="http")
+        try:
+            # jobs: after the pipeline, since a job that fell due while we were down may run at once
+            await self.jobs.start()
+        except BaseException:
+            await self._shutdown(tasks, server, http, started)
+            raise
+        self.started.set()
         await self.stop_event.wait()
         await self._shutdown(tasks, server, http, started)
         return 0
+
+    async def _supervise_observer(self, bridge: EventBridge, interval: float = 5.0) -> None:
+        """Restart a dead observer (a watchdog thread can die on an unexpected error) and rescan,
+        so that no event source failure strands files until the next interval rescan.
+        """
+        s = self.settings
+        while not self.stop_event.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), interval)
+            choice = self.observer
+            if self.stop_event.is_set() or choice is None or observer_alive(choice.observer):
+                continue
+            log.error("observer.died", mode=choice.mode, action="restarting the observer and rescanning")
+            with contextlib.suppress(Exception):
+                choice.observer.stop()
+            self.observer = await asyncio.to_thread(start_observer, s.observer, s.inbox, s.recursive, bridge)
+            await self.rescan()
 
     async def _startup_scan(self, started: float) -> None:
         found = await self.intake.scan()
         log.info("rescan.startup_done", files_found=found, seconds=round(time.monotonic() - started, 3))
 
-    async def _rescan_loop(self) -> None:
-        interval = self.settings.rescan_interval
-        if interval <= 0:
-            return
-        while not self.stop_event.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), interval)
-            if self.stop_event.is_set():
-                return
-            await self.rescan()
-
     async def rescan(self) -> int:
-        """A full scan now; returns the files it found that nothing had reported."""
+        """A full scan now (the `rescan` job calls it every WATCHER_RESCAN_INTERVAL s); returns the
+        files it found that nothing had reported.
+        """
         found = await self.intake.scan()
         self.rescans += 1
         if found:
@@ -229,6 +256,7 @@ class Service:
         self.stopping = True
         self.intake.stopping = True
         t0 = time.monotonic()
+        await self.jobs.stop()  # jobs: first, so that no job feeds the pipeline while it drains
         if self.observer is not None:
             observer = self.observer.observer
             observer.stop()

@@ -10,9 +10,11 @@ from prometheus_client.exposition import choose_encoder
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
+from watcher import __version__
 from watcher.http.errors import EXCEPTION_HANDLERS
+from watcher.http.openapi import ApiRoute, Health, Operation, Reply, build_openapi, errors
 
 Check = tuple[bool, str]
 ReadinessProbe = Callable[[], Awaitable[dict[str, Check]]]
@@ -45,9 +47,55 @@ def create_app(
         return Response(encoder(registry), media_type=content_type)
 
     routes: list[BaseRoute] = [
-        Route("/health/live", live, methods=["GET"]),
-        Route("/health/ready", ready, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
+        ApiRoute("/health/live", {"GET": (live, _LIVE)}),
+        ApiRoute("/health/ready", {"GET": (ready, _READY)}),
+        ApiRoute("/metrics", {"GET": (metrics, _METRICS)}),
         *extra_routes,
     ]
+    # Built once, from the routes themselves: a route without an operation fails here, at start.
+    document = build_openapi(
+        [*routes, ApiRoute("/openapi.json", {"GET": (live, _OPENAPI)})],
+        title="watcher",
+        version=__version__,
+        description="Delivers every file from an inbox to an outbox; schedules maintenance jobs.",
+    )
+
+    async def openapi(_: Request) -> Response:
+        return JSONResponse(document)
+
+    routes.append(ApiRoute("/openapi.json", {"GET": (openapi, _OPENAPI)}))
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
+
+
+# ---- OpenAPI operations of the core routes ------------------------------------------------------
+
+_LIVE = Operation(
+    "live", "200 while the process serves requests.", {200: Reply("Serving.", Health), **errors()}, tag="health"
+)
+_READY = Operation(
+    "ready",
+    "200 when every check passes (observer, inbox, outbox, state dir, schedule store, intake); 503 otherwise.",
+    {200: Reply("Ready.", Health), 503: Reply("Not ready: a check failed.", Health), 500: errors()[500]},
+    tag="health",
+)
+_METRICS = Operation(
+    "metrics",
+    "Prometheus text exposition; OpenMetrics when the Accept header asks for it.",
+    {
+        200: Reply(
+            "The metrics.",
+            content={
+                "text/plain": {"schema": {"type": "string"}},
+                "application/openmetrics-text": {"schema": {"type": "string"}},
+            },
+        ),
+        **errors(),
+    },
+    tag="metrics",
+)
+_OPENAPI = Operation(
+    "openapi",
+    "This document (OpenAPI 3.1).",
+    {200: Reply("The document.", content={"application/json": {"schema": {"type": "object"}}}), **errors()},
+    tag="meta",
+)

@@ -161,7 +161,8 @@ class Intake:
                 if kind in ("created", "moved"):
                     rel_dir = self._rel(ev.dest if kind == "moved" else ev.src)
                     if rel_dir is not None and self.recursive and self.filter.accepts_dir(rel_dir):
-                        self._walk_soon(rel_dir)
+                        # A folder renamed in brings complete files; a new folder may still be filling.
+                        self._walk_soon(rel_dir, proven=kind == "moved")
                 continue
             if kind == "closed":
                 self._hint_path(ev.src, proven=True)
@@ -284,12 +285,12 @@ class Intake:
 
     # ---- walks -------------------------------------------------------------------------------
 
-    def _walk_soon(self, rel_dir: str) -> None:
-        task = asyncio.create_task(self.scan(rel_dir, source="event"))
+    def _walk_soon(self, rel_dir: str, proven: bool) -> None:
+        task = asyncio.create_task(self.scan(rel_dir, source="event", proven=proven))
         self._walks.add(task)
         task.add_done_callback(self._walks.discard)
 
-    async def scan(self, start_rel: str = "", source: Source = "rescan") -> int:
+    async def scan(self, start_rel: str = "", source: Source = "rescan", proven: bool = False) -> int:
         """Walk the inbox (or one folder of it) and queue every file not yet tracked; return how
         many new files were found. Waits for queue room instead of dropping.
         """
@@ -304,7 +305,7 @@ class Intake:
             now_wall, now_mono = time.time(), time.monotonic()
             quiet: list[Found] = []
             for f in fresh:
-                if now_wall - f.mtime_ns / 1e9 >= settle:
+                if proven or now_wall - f.mtime_ns / 1e9 >= settle:
                     quiet.append(f)
                 else:
                     item = Tracked(f.rel, source, now_wall)

@@ -189,7 +189,10 @@ def _polling(
 
 
 def observer_alive(observer: Any) -> bool:
-    """True while the observer thread and all its emitter threads run."""
+    """True while the observer thread, its emitter threads and (inotify) its reader thread run."""
     if not observer.is_alive():
+        return False
+    reader = getattr(observer, "_inotify_fd", None)  # watchdog's inotify reader thread
+    if reader is not None and not reader.is_alive():
         return False
     return all(emitter.is_alive() for emitter in getattr(observer, "emitters", ()))

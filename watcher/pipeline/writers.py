@@ -24,10 +24,8 @@ def open_for_writing(wanted: Iterable[FileId], proc: str = "/proc") -> set[FileI
         pids = [p for p in os.listdir(proc) if p.isdigit()]
     except OSError:
         return found
-    me = str(os.getpid())
+    # Our own process is included on purpose: it only ever opens inbox files read-only.
     for pid in pids:
-        if pid == me:
-            continue  # our own descriptors are read-only copies of sources
         fd_dir = f"{proc}/{pid}/fd"
         try:
             fds = os.listdir(fd_dir)

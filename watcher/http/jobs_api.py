@@ -1,0 +1,306 @@
+"""The jobs API: ``/jobs`` and ``/jobs/{id}[/pause|/resume|/run|/runs]``.
+
+Reads are open. A mutating call (POST, PATCH, DELETE) needs ``Authorization: Bearer <token>``
+exactly (the scheme spelled ``Bearer``), compared in constant time; without WATCHER_API_TOKEN every
+mutating call answers 403. Then, in this order: the Content-Type must be application/json (415),
+the body at most 64 KiB as it is read, whatever Content-Length claims (413), valid JSON (400), and
+valid fields (422, the message naming each).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any
+
+from pydantic import SecretStr, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from watcher.http.errors import ApiError, bad_request, payload_too_large, unprocessable, unsupported_media_type
+from watcher.http.openapi import ApiRoute, Endpoint, Operation, Reply, errors
+from watcher.jobs.errors import InvalidJob, JobConflict, JobNotFound, SchedulerUnavailable
+from watcher.jobs.service import JobService
+from watcher.jobs.specs import JOB_ID_PATTERN, JobCreate, JobList, JobOut, JobPatch, RunList, field_errors
+
+MAX_BODY = 64 * 1024
+_ID_PARAM = {"id": {"type": "string", "pattern": JOB_ID_PATTERN}}
+_WWW_AUTHENTICATE = {"WWW-Authenticate": "Bearer"}
+
+
+# ---- authentication ------------------------------------------------------------------------------
+
+
+class BearerAuth:
+    """Checks ``Authorization: Bearer <WATCHER_API_TOKEN>`` on mutating calls."""
+
+    def __init__(self, token: SecretStr | None) -> None:
+        """Keep the token's bytes; None leaves the API read-only."""
+        self._token = token.get_secret_value().encode("utf-8") if token is not None else None
+
+    def check(self, request: Request) -> None:
+        """Raise 403 when no token is configured, 401 unless the header carries the token."""
+        if self._token is None:
+            raise ApiError(
+                403,
+                "api_disabled",
+                "mutating calls are disabled: set WATCHER_API_TOKEN to enable them, "
+                "then send it as 'Authorization: Bearer <token>'",
+            )
+        header = request.headers.get("authorization")
+        if header is None:
+            raise ApiError(401, "unauthorized", "missing 'Authorization: Bearer <token>'", _WWW_AUTHENTICATE)
+        scheme, _, credentials = header.partition(" ")
+        # RFC 7235 makes the scheme case-insensitive; we accept exactly one spelling, so a client
+        # bug shows at once instead of working against some servers and not others.
+        if scheme != "Bearer" or not credentials:
+            raise ApiError(401, "unauthorized", "the Authorization header must be 'Bearer <token>'", _WWW_AUTHENTICATE)
+        # Starlette decodes header bytes as latin-1: encoding back gives the bytes that were sent.
+        if not hmac.compare_digest(credentials.encode("latin-1"), self._token):
+            raise ApiError(401, "unauthorized", "the bearer token is wrong", _WWW_AUTHENTICATE)
+
+
+# ---- bodies --------------------------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _has_body(request: Request) -> bool:
+    length = request.headers.get("content-length")
+    return "transfer-encoding" in request.headers or (length is not None and length.strip() not in ("", "0"))
+
+
+async def read_json(request: Request, *, required: bool) -> Any:
+    """The JSON body (None when optional and absent), enforcing type, size and syntax."""
+    if not required and not _has_body(request):
+        return None
+    content_type = request.headers.get("content-type")
+    if content_type is None or content_type.split(";", 1)[0].strip().lower() != "application/json":
+        raise unsupported_media_type(content_type)
+    length = request.headers.get("content-length", "")
+    if length.strip().isdigit() and int(length) > MAX_BODY:
+        raise payload_too_large(MAX_BODY)  # early answer; the stream below is what enforces it
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise payload_too_large(MAX_BODY)
+    if not body:
+        if required:
+            raise bad_request("the request needs a JSON body")
+        return None
+    try:
+        return json.loads(bytes(body), parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise bad_request(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except (ValueError, RecursionError) as exc:
+        raise bad_request(f"malformed JSON: {exc}") from None
+
+
+def _object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise unprocessable("body: must be a JSON object")
+    return body
+
+
+# ---- routes --------------------------------------------------------------------------------------
+
+
+def _translated(handler: Endpoint) -> Endpoint:
+    """Map the job service's errors to their answers."""
+
+    @wraps(handler)
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except InvalidJob as exc:
+            raise unprocessable(str(exc)) from None
+        except JobNotFound as exc:
+            raise ApiError(404, "not_found", str(exc)) from None
+        except JobConflict as exc:
+            raise ApiError(409, "conflict", str(exc)) from None
+        except SchedulerUnavailable as exc:
+            raise ApiError(503, "unavailable", str(exc), {"Retry-After": "5"}) from None
+
+    return wrapper
+
+
+def _op(operation_id: str, summary: str, replies: dict[int, Reply], **kwargs: Any) -> Operation:
+    return Operation(operation_id, summary, replies, **kwargs)
+
+
+def job_routes(jobs: JobService, token: SecretStr | None) -> list[ApiRoute]:
+    """The jobs API routes, bound to `jobs`; mutating calls check `token`."""
+    auth = BearerAuth(token)
+    Handler = Callable[[Request], Awaitable[Response]]
+
+    def mutating(handler: Handler) -> Handler:
+        @wraps(handler)
+        async def wrapper(request: Request) -> Response:
+            auth.check(request)
+            return await handler(request)
+
+        return _translated(wrapper)
+
+    def job_id(request: Request) -> str:
+        return str(request.path_params["id"])
+
+    @_translated
+    async def list_jobs(_: Request) -> Response:
+        listed = await jobs.list_jobs()
+        return JSONResponse({"total": len(listed), "jobs": listed})
+
+    @mutating
+    async def create_job(request: Request) -> Response:
+        body = _object(await read_json(request, required=True))
+        try:
+            new = JobCreate.model_validate(body).root
+        except ValidationError as exc:
+            raise InvalidJob(field_errors(exc)) from None
+        job = await jobs.create(new)
+        return JSONResponse(job, status_code=201, headers={"Location": f"/jobs/{job['id']}"})
+
+    @_translated
+    async def get_job(request: Request) -> Response:
+        return JSONResponse(await jobs.get(job_id(request)))
+
+    @mutating
+    async def patch_job(request: Request) -> Response:
+        body = _object(await read_json(request, required=True))
+        try:
+            patch = JobPatch.model_validate(body)
+        except ValidationError as exc:
+            raise InvalidJob(field_errors(exc)) from None
+        return JSONResponse(await jobs.patch(job_id(request), patch))
+
+    @mutating
+    async def delete_job(request: Request) -> Response:
+        await read_json(request, required=False)
+        await jobs.delete(job_id(request))
+        return Response(status_code=204)
+
+    def action(method: Callable[[str], Awaitable[dict[str, Any]]]) -> Handler:
+        async def handler(request: Request) -> Response:
+            await read_json(request, required=False)  # no body expected; one that is sent must be sane
+            return JSONResponse(await method(job_id(request)))
+
+        return mutating(handler)
+
+    @_translated
+    async def job_runs(request: Request) -> Response:
+        return JSONResponse({"runs": await jobs.runs(job_id(request))})
+
+    job = Reply("The job.", JobOut)
+    path = {"path_params": _ID_PARAM}
+    write = (401, 403, 503)
+    return [
+        ApiRoute(
+            "/jobs",
+            {
+                "GET": (
+                    list_jobs,
+                    _op("listJobs", "List every job.", {200: Reply("The jobs.", JobList), **errors(503)}),
+                ),
+                "POST": (
+                    create_job,
+                    _op(
+                        "createJob",
+                        "Create a job: a kind from the closed registry, its args and a trigger.",
+                        {201: job, **errors(400, *write, 409, 413, 415, 422)},
+                        request=JobCreate,
+                        auth=True,
+                    ),
+                ),
+            },
+        ),
+        ApiRoute(
+            "/jobs/{id}",
+            {
+                "GET": (get_job, _op("getJob", "One job.", {200: job, **errors(404, 503)}, **path)),
+                "PATCH": (
+                    patch_job,
+                    _op(
+                        "patchJob",
+                        "Replace a job's trigger and/or args (a paused job stays paused).",
+                        {200: job, **errors(400, *write, 404, 413, 415, 422)},
+                        request=JobPatch,
+                        auth=True,
+                        **path,
+                    ),
+                ),
+                "DELETE": (
+                    delete_job,
+                    _op(
+                        "deleteJob",
+                        "Delete a job and its run history.",
+                        {204: Reply("Deleted."), **errors(400, *write, 404, 413, 415)},
+                        auth=True,
+                        **path,
+                    ),
+                ),
+            },
+        ),
+        ApiRoute(
+            "/jobs/{id}/pause",
+            {
+                "POST": (
+                    action(jobs.pause),
+                    _op(
+                        "pauseJob",
+                        "Stop scheduling a job until it is resumed.",
+                        {200: job, **errors(400, *write, 404, 413, 415)},
+                        auth=True,
+                        **path,
+                    ),
+                )
+            },
+        ),
+        ApiRoute(
+            "/jobs/{id}/resume",
+            {
+                "POST": (
+                    action(jobs.resume),
+                    _op(
+                        "resumeJob",
+                        "Schedule a paused job again from now.",
+                        {200: job, **errors(400, *write, 404, 409, 413, 415)},
+                        auth=True,
+                        **path,
+                    ),
+                )
+            },
+        ),
+        ApiRoute(
+            "/jobs/{id}/run",
+            {
+                "POST": (
+                    action(jobs.run_now),
+                    _op(
+                        "runJob",
+                        "Start one run now, beside the schedule; its outcome appears in /runs.",
+                        {200: job, **errors(400, *write, 404, 413, 415)},
+                        auth=True,
+                        **path,
+                    ),
+                )
+            },
+        ),
+        ApiRoute(
+            "/jobs/{id}/runs",
+            {
+                "GET": (
+                    job_runs,
+                    _op(
+                        "listJobRuns",
+                        "The job's runs, newest first (at most 100).",
+                        {200: Reply("The runs.", RunList), **errors(404, 503)},
+                        **path,
+                    ),
+                )
+            },
+        ),
+    ]

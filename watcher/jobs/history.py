@@ -1,0 +1,110 @@
+"""Run history: one table beside APScheduler's in the same database (SQLAlchemy Core).
+
+Every method blocks on the database; the job service calls them through ``asyncio.to_thread``.
+Timestamps are stored as UTC epoch floats, as APScheduler stores its own, so SQLite and PostgreSQL
+behave the same; the API renders them with the offset of WATCHER_TIMEZONE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    Table,
+    Unicode,
+    UnicodeText,
+    delete,
+    insert,
+    select,
+    text,
+)
+
+KEEP_PER_JOB = 100
+
+metadata = MetaData()
+
+runs_table = Table(
+    "watcher_job_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", Unicode(191), nullable=False, index=True),
+    Column("started_at", Float(25), nullable=False),
+    Column("finished_at", Float(25), nullable=False),
+    Column("outcome", Unicode(16), nullable=False),
+    Column("error", UnicodeText, nullable=True),
+    Column("detail", JSON, nullable=True),
+)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One recorded run."""
+
+    job_id: str
+    started_at: float
+    finished_at: float
+    outcome: str
+    error: str | None = None
+    detail: dict[str, Any] | None = None
+
+
+class RunHistory:
+    """Records runs, newest first, keeping at most `keep` per job (blocking calls)."""
+
+    def __init__(self, engine: Engine, keep: int = KEEP_PER_JOB) -> None:
+        """Use `engine`, the one APScheduler's job store uses too."""
+        self.engine = engine
+        self.keep = keep
+
+    def create(self) -> None:
+        """Create the table when missing."""
+        metadata.create_all(self.engine)
+
+    def ping(self) -> None:
+        """One round trip to the database (readiness)."""
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def record(self, run: Run) -> None:
+        """Insert `run` and drop the job's runs beyond the newest `keep`, in one transaction."""
+        t = runs_table
+        newest = (
+            select(t.c.id)
+            .where(t.c.job_id == run.job_id)
+            .order_by(t.c.started_at.desc(), t.c.id.desc())
+            .limit(self.keep)
+        )
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(t).values(
+                    job_id=run.job_id,
+                    started_at=run.started_at,
+                    finished_at=run.finished_at,
+                    outcome=run.outcome,
+                    error=run.error,
+                    detail=run.detail,
+                )
+            )
+            # A derived table around the LIMIT: MySQL refuses LIMIT directly inside NOT IN.
+            conn.execute(delete(t).where(t.c.job_id == run.job_id, t.c.id.not_in(select(newest.subquery().c.id))))
+
+    def runs(self, job_id: str) -> list[Run]:
+        """The job's runs, newest first."""
+        t = runs_table
+        query = select(t).where(t.c.job_id == job_id).order_by(t.c.started_at.desc(), t.c.id.desc()).limit(self.keep)
+        with self.engine.connect() as conn:
+            return [
+                Run(r.job_id, r.started_at, r.finished_at, r.outcome, r.error, r.detail) for r in conn.execute(query)
+            ]
+
+    def delete(self, job_id: str) -> None:
+        """Forget every run of the job."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(runs_table).where(runs_table.c.job_id == job_id))

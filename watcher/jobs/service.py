@@ -1,0 +1,474 @@
+"""JobService: APScheduler on the service's event loop, its SQLAlchemy job store, and run history.
+
+Life cycle (driven by :class:`watcher.service.Service`): :meth:`JobService.open` before anything
+else starts (a bad WATCHER_JOBSTORE_URL stops the service at once), :meth:`JobService.start` after
+the pipeline runs, :meth:`JobService.stop` first at shutdown, before the pipeline drains and HTTP
+closes.
+
+Database calls of the API and of the run history go through ``asyncio.to_thread``. APScheduler 3
+itself reads due jobs and writes their next run time on the loop when it wakes up; with SQLite in
+the state dir that is a local file access of a millisecond or so.
+
+Defaults of every job: ``coalesce`` (runs missed while the service was down collapse into one),
+``max_instances=1`` (a job never overlaps itself; run-now waits for a running instance), and a
+misfire grace time of one hour (a restart within the hour still runs a job that fell due while the
+service was down; a run later than that is recorded as ``missed``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import datetime, tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent, JobSubmissionEvent
+from apscheduler.executors.asyncio import AsyncIOExecutor
+from apscheduler.job import Job
+from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from pydantic import ValidationError
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+from watcher.config import ConfigError, Settings
+from watcher.jobs import context
+from watcher.jobs.errors import InvalidJob, JobConflict, JobNotFound, SchedulerUnavailable
+from watcher.jobs.history import Run, RunHistory
+from watcher.jobs.kinds import KINDS, KindContext, KindFailed
+from watcher.jobs.runner import RUN_JOB_REF, run_job
+from watcher.jobs.specs import ARGS_MODELS, JobPatch, NewJob, field_errors
+from watcher.jobs.triggers import compile_trigger, rescan_trigger, tidy_numbers
+from watcher.logging import get_logger
+from watcher.metrics import Metrics
+
+log = get_logger(__name__)
+
+RESCAN_JOB_ID = "rescan"
+MISFIRE_GRACE_SECONDS = 3600
+JOB_DEFAULTS: dict[str, Any] = {"coalesce": True, "max_instances": 1, "misfire_grace_time": MISFIRE_GRACE_SECONDS}
+OUTCOMES = ("success", "error", "missed")
+STOP_TIMEOUT = 5.0
+READY_TIMEOUT = 3.0
+
+
+class ScheduleStoreError(RuntimeError):
+    """The schedule store cannot be opened (unreachable database, wrong credentials)."""
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for WATCHER_JOBSTORE_URL; a bare ``postgresql://`` uses psycopg 3 (the extra)."""
+    try:
+        parsed = make_url(url)
+        if parsed.drivername in ("postgresql", "postgres"):
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return create_engine(parsed, pool_pre_ping=True)
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        raise ConfigError(f"WATCHER_JOBSTORE_URL is invalid: {exc}; use an SQLAlchemy URL") from None
+    except ImportError as exc:
+        raise ConfigError(
+            f"WATCHER_JOBSTORE_URL needs a database driver that is not installed ({exc.name}); "
+            "for PostgreSQL: pip install 'watcher[postgres]'"
+        ) from None
+
+
+class JobService:
+    """The schedule of one service: the jobs API calls its coroutines; stored jobs call :meth:`execute`."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, rescan: Callable[[], Awaitable[int]]) -> None:
+        """Hold the settings; nothing touches the database before :meth:`open`."""
+        self.settings = settings
+        self.metrics = metrics
+        self.tz: tzinfo = ZoneInfo(settings.timezone)
+        self.abort = threading.Event()
+        self.kind_context = KindContext(
+            inbox=settings.inbox,
+            outbox=settings.outbox,
+            failed=settings.failed_path,
+            fsync=settings.fsync,
+            rescan=rescan,
+            abort=self.abort,
+        )
+        self.engine: Engine | None = None
+        self.history: RunHistory | None = None
+        self.scheduler: AsyncIOScheduler | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._running: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._deleted: set[str] = set()
+
+    # ---- life cycle --------------------------------------------------------------------------
+
+    @property
+    def store_name(self) -> str:
+        """The store's URL, password hidden."""
+        if self.engine is None:
+            return self.settings.public_view()["jobstore_url"]  # type: ignore[no-any-return]
+        return self.engine.url.render_as_string(hide_password=True)
+
+    async def open(self) -> None:
+        """Connect to the schedule store and create the history table (before the pipeline starts)."""
+        self.engine = make_engine(self.settings.jobstore)
+        self.history = RunHistory(self.engine)
+        try:
+            await asyncio.to_thread(self.history.create)
+        except Exception as exc:
+            raise ScheduleStoreError(f"schedule store {self.store_name} cannot be opened: {exc}") from exc
+
+    async def start(self) -> None:
+        """Start the scheduler on this loop, make the `rescan` job match the settings, then run jobs."""
+        assert self.engine is not None, "open() first"
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self.abort.clear()
+        scheduler = AsyncIOScheduler(
+            jobstores={"default": SQLAlchemyJobStore(engine=self.engine)},
+            executors={"default": AsyncIOExecutor()},
+            job_defaults=JOB_DEFAULTS,
+            timezone=self.tz,
+            event_loop=loop,
+        )
+        scheduler.add_listener(self._on_event, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
+        context.install(self)
+        # Started paused: stored jobs that fell due while the service was down must not run
+        # before the store is audited and the rescan job matches this start's settings.
+        await asyncio.to_thread(scheduler.start, paused=True)
+        self.scheduler = scheduler
+        jobs = await asyncio.to_thread(self._prepare_store, scheduler)
+        for job_id in jobs:
+            self._init_metrics(job_id)
+        scheduler.resume()
+        log.info("jobs.started", store=self.store_name, jobs=len(jobs), rescan_interval=self.settings.rescan_interval)
+
+    def _prepare_store(self, scheduler: AsyncIOScheduler) -> list[str]:
+        """Drop stored jobs that are not ours; (re)create or remove `rescan` (blocking)."""
+        for job in scheduler.get_jobs():
+            spec = job.kwargs.get("spec") if isinstance(job.kwargs, dict) else None
+            if job.func_ref != RUN_JOB_REF or not isinstance(spec, dict) or spec.get("kind") not in KINDS:
+                log.warning("jobs.foreign_job_removed", job=job.id, func=job.func_ref)
+                scheduler.remove_job(job.id)
+        interval = self.settings.rescan_interval
+        if interval > 0:
+            trigger, trigger_spec = rescan_trigger(interval, self.tz)
+            spec = {"kind": "rescan", "args": {}, "trigger": trigger_spec}
+            scheduler.add_job(
+                run_job,
+                trigger=trigger,
+                id=RESCAN_JOB_ID,
+                name=RESCAN_JOB_ID,
+                kwargs={"job_id": RESCAN_JOB_ID, "spec": spec},
+                replace_existing=True,  # WATCHER_RESCAN_INTERVAL is the source of truth at each start
+                **JOB_DEFAULTS,
+            )
+        else:
+            with contextlib.suppress(JobLookupError):
+                scheduler.remove_job(RESCAN_JOB_ID)
+            assert self.history is not None
+            self.history.delete(RESCAN_JOB_ID)
+        return sorted(job.id for job in scheduler.get_jobs())
+
+    async def stop(self) -> None:
+        """Stop scheduling, interrupt running jobs (bounded), record them, close the store."""
+        scheduler, self.scheduler = self.scheduler, None
+        self.abort.set()
+        if scheduler is not None and scheduler.running:
+            scheduler.shutdown(wait=False)
+            # AsyncIOScheduler.shutdown() only queues the real shutdown on the loop with
+            # call_soon_threadsafe; a callback queued after it runs after it (FIFO).
+            done = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(done.set_result, None)
+            await done
+        pending = self._tasks | self._running
+        for task in pending:
+            task.cancel()
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=STOP_TIMEOUT)
+            if late:
+                log.warning("jobs.stop_timeout", still_running=len(late))
+        context.uninstall(self)
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.dispose)
+        log.info("jobs.stopped", interrupted=len(pending))
+
+    async def check(self) -> tuple[bool, str]:
+        """The ``schedule_store`` readiness check: the scheduler runs and the database answers."""
+        if self.scheduler is None or self.history is None:
+            return False, "scheduler not running"
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.history.ping), READY_TIMEOUT)
+        except TimeoutError:
+            return False, f"{self.store_name} did not answer within {READY_TIMEOUT:g} s"
+        except Exception as exc:  # noqa: BLE001 - any driver error means "not reachable"
+            return False, f"{self.store_name} unreachable: {type(exc).__name__}"
+        return True, f"{self.store_name} reachable"
+
+    # ---- running jobs ------------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def execute(self, job_id: str, spec: dict[str, Any]) -> None:
+        """Run one job now, one instance per job at a time, and record the run (never raises but for cancel)."""
+        lock = self._locks.setdefault(job_id, asyncio.Lock())
+        async with lock:
+            task = asyncio.current_task()
+            assert task is not None
+            self._running.add(task)
+            started = time.time()
+            outcome, error, detail = "success", None, None
+            try:
+                kind = KINDS[spec["kind"]]
+                args = kind.args.model_validate(spec.get("args", {}))
+                detail = await kind.run(self.kind_context, args)
+            except asyncio.CancelledError:
+                run = Run(job_id, started, time.time(), "error", "interrupted: the service stopped during the run")
+                await self._record(run)
+                raise
+            except KindFailed as exc:
+                outcome, error, detail = "error", str(exc), exc.detail
+            except Exception as exc:
+                log.error("job.failed", job=job_id, kind=spec.get("kind"), exc_info=exc)
+                outcome, error = "error", f"{type(exc).__name__}: {exc}"
+            finally:
+                self._running.discard(task)
+        await self._record(Run(job_id, started, time.time(), outcome, error, detail))
+
+    async def _record(self, run: Run) -> None:
+        if run.job_id in self._deleted:
+            return  # deleted while it ran: its history and metrics are gone with it
+        self.metrics.job_runs.labels(job=run.job_id, outcome=run.outcome).inc()
+        if run.outcome == "success":
+            self.metrics.job_last_success.labels(job=run.job_id).set(run.finished_at)
+        log.info(
+            "job.run",
+            job=run.job_id,
+            outcome=run.outcome,
+            seconds=round(run.finished_at - run.started_at, 3),
+            error=run.error,
+            detail=run.detail,
+        )
+        assert self.history is not None
+        try:
+            await asyncio.to_thread(self.history.record, run)
+        except Exception as exc:  # noqa: BLE001 - the run happened; losing its record must not fail it
+            log.error("job.history_write_failed", job=run.job_id, error=str(exc))
+
+    def _on_event(self, event: JobExecutionEvent | JobSubmissionEvent) -> None:
+        """APScheduler listener (called on the loop by the executor's callback, or by _process_jobs)."""
+        if event.code == EVENT_JOB_MAX_INSTANCES:
+            log.warning("job.skipped", job=event.job_id, reason="the previous run is still going (max_instances 1)")
+            return
+        assert isinstance(event, JobExecutionEvent)
+        scheduled = event.scheduled_run_time
+        run = Run(
+            event.job_id,
+            scheduled.timestamp(),
+            time.time(),
+            "missed",
+            f"not run: due at {scheduled.astimezone(self.tz).isoformat()}, more than the misfire grace time "
+            f"({MISFIRE_GRACE_SECONDS} s) ago",
+        )
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(lambda: self._spawn(self._record(run)))
+
+    def _init_metrics(self, job_id: str) -> None:
+        for outcome in OUTCOMES:
+            self.metrics.job_runs.labels(job=job_id, outcome=outcome)
+
+    def _drop_metrics(self, job_id: str) -> None:
+        for outcome in OUTCOMES:
+            with contextlib.suppress(KeyError):
+                self.metrics.job_runs.remove(job_id, outcome)
+        with contextlib.suppress(KeyError):
+            self.metrics.job_last_success.remove(job_id)
+
+    # ---- the API -----------------------------------------------------------------------------
+
+    def _running_scheduler(self) -> AsyncIOScheduler:
+        scheduler = self.scheduler
+        if scheduler is None or not scheduler.running:
+            raise SchedulerUnavailable("the scheduler is not running: the service is starting or stopping")
+        return scheduler
+
+    def _iso(self, value: datetime | float | None) -> str | None:
+        if value is None:
+            return None
+        if isinstance(value, float | int):
+            return datetime.fromtimestamp(value, self.tz).isoformat()
+        return value.astimezone(self.tz).isoformat()
+
+    def view(self, job: Job) -> dict[str, Any]:
+        """A job as the API answers it (JobOut)."""
+        spec = job.kwargs["spec"]
+        return {
+            "id": job.id,
+            "kind": spec["kind"],
+            "trigger": spec["trigger"],
+            "args": spec["args"],
+            "next_run_time": self._iso(job.next_run_time),
+            "paused": job.next_run_time is None,
+        }
+
+    async def _job(self, job_id: str) -> Job:
+        job = await asyncio.to_thread(self._running_scheduler().get_job, job_id)
+        if job is None:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return job
+
+    async def list_jobs(self) -> list[dict[str, Any]]:
+        """Every job, by id."""
+        jobs = await asyncio.to_thread(self._running_scheduler().get_jobs)
+        return [self.view(job) for job in sorted(jobs, key=lambda j: j.id)]
+
+    async def get(self, job_id: str) -> dict[str, Any]:
+        """One job, or JobNotFound."""
+        return self.view(await self._job(job_id))
+
+    async def create(self, new: NewJob) -> dict[str, Any]:
+        """Add a job; JobConflict when the id is taken, InvalidJob when its trigger cannot run."""
+        scheduler = self._running_scheduler()
+        job_id = new.id or uuid.uuid4().hex
+        compiled = await asyncio.to_thread(compile_trigger, new.trigger, self.tz, datetime.now(self.tz))
+        spec = {"kind": new.kind, "args": tidy_numbers(new.args.model_dump(mode="json")), "trigger": compiled.spec}
+
+        def add() -> Job:
+            job = scheduler.add_job(
+                run_job,
+                trigger=compiled.trigger,
+                id=job_id,
+                name=job_id,
+                kwargs={"job_id": job_id, "spec": spec},
+                next_run_time=compiled.first_run,
+                **JOB_DEFAULTS,
+            )
+            assert self.history is not None
+            self.history.delete(job_id)  # runs left by a finished one-off job of the same id
+            return job
+
+        try:
+            job = await asyncio.to_thread(add)
+        except ConflictingIdError:
+            raise JobConflict(f"a job with id {job_id!r} exists; pick another id or PATCH it") from None
+        self._deleted.discard(job_id)
+        self._init_metrics(job_id)
+        log.info("job.created", job=job_id, kind=new.kind, trigger=compiled.spec)
+        return self.view(job)
+
+    async def patch(self, job_id: str, patch: JobPatch) -> dict[str, Any]:
+        """Replace the trigger and/or the args of a job; a paused job stays paused."""
+        scheduler = self._running_scheduler()
+        job = await self._job(job_id)
+        spec = dict(job.kwargs["spec"])
+        changes: dict[str, Any] = {}
+        problems: list[tuple[str, str]] = []
+        if patch.args is not None:
+            try:
+                args = ARGS_MODELS[spec["kind"]].model_validate(patch.args)
+                spec["args"] = tidy_numbers(args.model_dump(mode="json"))
+            except ValidationError as exc:
+                problems += field_errors(exc, prefix="args")
+        if patch.trigger is not None:
+            try:
+                compiled = await asyncio.to_thread(compile_trigger, patch.trigger, self.tz, datetime.now(self.tz))
+            except InvalidJob as exc:
+                problems += exc.problems
+            else:
+                spec["trigger"] = compiled.spec
+                changes["trigger"] = compiled.trigger
+                changes["next_run_time"] = None if job.next_run_time is None else compiled.first_run
+        if problems:
+            raise InvalidJob(problems)
+        changes["kwargs"] = {"job_id": job_id, "spec": spec}
+        try:
+            job = await asyncio.to_thread(scheduler.modify_job, job_id, **changes)
+        except JobLookupError:
+            raise JobNotFound(f"no job with id {job_id!r}") from None
+        log.info("job.modified", job=job_id, trigger=spec["trigger"], args=spec["args"])
+        return self.view(job)
+
+    async def delete(self, job_id: str) -> None:
+        """Remove a job and its history (also the history of a finished one-off job)."""
+        scheduler = self._running_scheduler()
+        history = self.history
+        assert history is not None
+
+        def remove() -> bool:
+            try:
+                scheduler.remove_job(job_id)
+                found = True
+            except JobLookupError:
+                found = bool(history.runs(job_id))
+            history.delete(job_id)
+            return found
+
+        if not await asyncio.to_thread(remove):
+            raise JobNotFound(f"no job with id {job_id!r}")
+        self._deleted.add(job_id)
+        self._drop_metrics(job_id)
+        log.info("job.deleted", job=job_id)
+
+    async def pause(self, job_id: str) -> dict[str, Any]:
+        """Stop scheduling a job until it is resumed (run-now still works)."""
+        scheduler = self._running_scheduler()
+        await self._job(job_id)
+        try:
+            job = await asyncio.to_thread(scheduler.pause_job, job_id)
+        except JobLookupError:
+            raise JobNotFound(f"no job with id {job_id!r}") from None
+        return self.view(job)
+
+    async def resume(self, job_id: str) -> dict[str, Any]:
+        """Schedule a paused job again from now; JobConflict when its trigger has no future run."""
+        scheduler = self._running_scheduler()
+
+        def resume() -> Job | None:
+            job = scheduler.get_job(job_id)
+            if job is None or job.next_run_time is not None:
+                return job
+            next_run = job.trigger.get_next_fire_time(None, datetime.now(self.tz))
+            if next_run is None:
+                raise JobConflict(f"job {job_id!r} has no future run time; PATCH its trigger first")
+            modified: Job = scheduler.modify_job(job_id, next_run_time=next_run)
+            return modified
+
+        try:
+            job = await asyncio.to_thread(resume)
+        except JobLookupError:
+            job = None
+        if job is None:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return self.view(job)
+
+    async def run_now(self, job_id: str) -> dict[str, Any]:
+        """Start one run now, beside the schedule (after a running instance, if any)."""
+        job = await self._job(job_id)
+        self._spawn(self.execute(job_id, job.kwargs["spec"]))
+        return self.view(job)
+
+    async def runs(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's runs, newest first; JobNotFound when neither the job nor any run exists."""
+        assert self.history is not None
+        rows = await asyncio.to_thread(self.history.runs, job_id)
+        if not rows:
+            await self._job(job_id)
+        return [
+            {
+                "started_at": self._iso(r.started_at),
+                "finished_at": self._iso(r.finished_at),
+                "outcome": r.outcome,
+                "error": r.error,
+                "detail": r.detail,
+            }
+            for r in rows
+        ]

@@ -10,6 +10,7 @@ sample ``/proc``, stop the subject, check integrity, remove the folders.
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -22,7 +23,7 @@ from pathlib import Path
 from bench import integrity
 from bench.inotify import OutboxObserver
 from bench.subjects import REPO, Dirs, Subject
-from bench.workloads import MIB, Config, Plan, Workload
+from bench.workloads import MIB, Config, Drive, Plan, Workload
 
 WORK_ROOT = REPO / "bench" / ".work"
 OTHER_FS_ROOT = Path("/dev/shm")
@@ -109,6 +110,25 @@ def _wait_inbox_empty(inbox: Path, allowed: frozenset[str], timeout: float) -> N
         time.sleep(0.02)
 
 
+def drive(workload: Workload, dirs: Dirs, cfg: Config, plan: Plan, sid: int) -> Drive:
+    """Run the workload's writer, in a process of its own when it writes files.
+
+    In the harness's process the writer would share the GIL with the outbox observer thread: between
+    ``close()`` returning and ``time.monotonic()`` the writer can wait for the GIL, which makes close
+    times late and latencies short (even negative). A spawned writer process has no such wait, and
+    ``CLOCK_MONOTONIC`` is the same clock in every process.
+    """
+    if not workload.writer_process:
+        return workload.drive(dirs, cfg, plan, sid)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        pool.apply(_warm_up)
+        return pool.apply(workload.drive, (dirs, cfg, plan, sid))
+
+
+def _warm_up() -> None:
+    """Nothing: the first task makes sure the writer process has started and imported its modules."""
+
+
 def _deliver_timeout(plan: Plan) -> float:
     return 60.0 + len(plan.sizes) / 400 + plan.total_bytes / (20 * MIB)
 
@@ -169,7 +189,7 @@ def _run_subject(result: RunResult, subject: Subject, workload: Workload, cfg: C
             t_ready = running.wait_ready(cfg.ready_timeout_s)
             result.ready_s = t_ready - running.t_start
             at_ready = running.sample()
-            drive = workload.drive(dirs, cfg, plan, running.pid)
+            driven = drive(workload, dirs, cfg, plan, running.pid)
             missing = observer.wait_delivered(plan.sizes, _deliver_timeout(plan))
             result.missing_at_deadline = len(missing)
             if plan.sizes:
@@ -182,10 +202,10 @@ def _run_subject(result: RunResult, subject: Subject, workload: Workload, cfg: C
         result.peak_rss_mib = at_end.peak_rss_kib / 1024
         result.cpu_total_s = at_end.cpu_s
         result.cpu_s = at_end.cpu_s - (0.0 if workload.backlog else at_ready.cpu_s)
-        result.idle_cpu_pct = drive.idle_cpu_pct
+        result.idle_cpu_pct = driven.idle_cpu_pct
         result.queue_overflows = observer.overflows
         result.found_by_scan = observer.found_by_scan
-        _fill_delivery_measures(result, workload, plan, drive.closed, observer)
+        _fill_delivery_measures(result, workload, plan, driven.closed, observer)
         if workload.backlog and plan.sizes:
             delivered = [t for n in plan.sizes if (t := observer.delivered_at(n)) is not None]
             if delivered:

@@ -117,6 +117,7 @@ class Workload:
     prepare: Callable[[Dirs, Config], Plan]
     drive: Callable[[Dirs, Config, Plan, int], Drive]  # the int is the subject's session id
     latency: bool = True  # per-file latency is meaningful (writer close known)
+    writer_process: bool = True  # drive() runs in its own process: see harness.drive()
     backlog: bool = False  # files exist before the subject starts
     other_fs: bool = False  # the outbox is on /dev/shm
 
@@ -260,6 +261,7 @@ WORKLOADS: tuple[Workload, ...] = (
         _drive_nothing,
         latency=False,
         backlog=True,
+        writer_process=False,
     ),
     Workload(
         "backlog_large",
@@ -268,10 +270,11 @@ WORKLOADS: tuple[Workload, ...] = (
         _drive_nothing,
         latency=False,
         backlog=True,
+        writer_process=False,
     ),
     Workload("big_same_fs", "big, same fs", _prepare_big, _drive_big),
     Workload("big_other_fs", "big, other fs (/dev/shm)", _prepare_big, _drive_big, other_fs=True),
-    Workload("idle", "idle", _prepare_idle, _drive_idle, latency=False),
+    Workload("idle", "idle", _prepare_idle, _drive_idle, latency=False, writer_process=False),
 )
 BY_KEY = {w.key: w for w in WORKLOADS}
 

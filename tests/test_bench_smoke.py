@@ -45,7 +45,7 @@ def test_integrity_check_catches_a_missing_and_a_corrupt_file() -> None:
             running = subjects.LIMIT.start(dirs)
             try:
                 running.wait_ready(CFG.ready_timeout_s)
-                workload.drive(dirs, CFG, plan, running.pid)
+                harness.drive(workload, dirs, CFG, plan, running.pid)
                 assert observer.wait_delivered(plan.sizes, timeout=10) == set()
             finally:
                 exit_code = running.stop()

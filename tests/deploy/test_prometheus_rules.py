@@ -15,8 +15,8 @@ pytestmark = pytest.mark.deploy
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS = REPO / "deploy" / "prometheus"
 RUNBOOK_BASE = "https://github.com/watcher/watcher/blob/main/README.md#"
-# README.md is where runbook_url points; deploy/README-deploy.md holds the same sections until it is merged.
-RUNBOOK_DOCS = [REPO / "README.md", REPO / "deploy" / "README-deploy.md"]
+# README.md is where runbook_url points.
+RUNBOOK_DOCS = [REPO / "README.md"]
 
 EXPECTED_ALERTS = {
     "WatcherDown",

@@ -286,3 +286,44 @@ def test_interrupted_copy_leaves_source_and_no_temp(tmp_path: Path) -> None:
         assert src.exists() and not os.listdir(other_fs)
     finally:
         shutil.rmtree(other_fs)
+
+
+def test_any_name_the_filesystem_allows(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    names = [
+        "new\nline.txt",
+        "-leading-dash",
+        "caf\u00e9.txt",  # NFC
+        "cafe\u0301.txt",  # NFD twin
+        os.fsdecode(b"latin1-\xe9t\xe9.bin"),  # not UTF-8
+        "x" * 251 + ".bin",  # 255 bytes
+        "spaces and 'quotes' \"too\".csv",
+    ]
+
+    async def main() -> None:
+        async with running(settings):
+            for i, name in enumerate(names):
+                write(settings.inbox / name, payload(i))
+            await await_until(lambda: len(os.listdir(settings.outbox)) == len(names), 15, "odd names delivered")
+            for i, name in enumerate(names):
+                assert (settings.outbox / name).read_bytes() == payload(i)
+            await await_until(lambda: not os.listdir(settings.inbox), 10, "inbox empty")
+
+    run(main())
+
+
+def test_hard_link_to_a_file_outside_is_delivered_and_the_original_kept(tmp_path: Path) -> None:
+    # Documented choice: a hard link is the same file, which its creator could read; it is delivered
+    # like any other, and only the inbox name is removed (the outside name keeps its bytes).
+    settings = make_settings(tmp_path)
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"shared inode")
+
+    async def main() -> None:
+        async with running(settings):
+            os.link(outside, settings.inbox / "linked.txt")
+            await await_until(lambda: (settings.outbox / "linked.txt").exists(), 15, "delivered")
+            assert outside.read_bytes() == b"shared inode"
+            assert not (settings.inbox / "linked.txt").exists()
+
+    run(main())

@@ -23,10 +23,10 @@ from watcher.http.errors import ApiError, bad_request, payload_too_large, unproc
 from watcher.http.openapi import ApiRoute, Endpoint, Operation, Reply, errors
 from watcher.jobs.errors import InvalidJob, JobConflict, JobNotFound, SchedulerUnavailable
 from watcher.jobs.service import JobService
-from watcher.jobs.specs import JOB_ID_PATTERN, JobCreate, JobList, JobOut, JobPatch, RunList, field_errors
+from watcher.jobs.specs import JOB_ID_SCHEMA_PATTERN, JobCreate, JobList, JobOut, JobPatch, RunList, field_errors
 
 MAX_BODY = 64 * 1024
-_ID_PARAM = {"id": {"type": "string", "pattern": JOB_ID_PATTERN}}
+_ID_PARAM = {"id": {"type": "string", "pattern": JOB_ID_SCHEMA_PATTERN}}
 _WWW_AUTHENTICATE = {"WWW-Authenticate": "Bearer"}
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 import uuid
@@ -137,6 +138,9 @@ class JobService:
             event_loop=loop,
         )
         scheduler.add_listener(self._on_event, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
+        # Our `job.run` line says what a run did; APScheduler's two info lines per run would only
+        # repeat it (every WATCHER_RESCAN_INTERVAL seconds for the rescan).
+        logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)
         context.install(self)
         # Started paused: stored jobs that fell due while the service was down must not run
         # before the store is audited and the rescan job matches this start's settings.
@@ -249,7 +253,9 @@ class JobService:
         self.metrics.job_runs.labels(job=run.job_id, outcome=run.outcome).inc()
         if run.outcome == "success":
             self.metrics.job_last_success.labels(job=run.job_id).set(run.finished_at)
-        log.info(
+        # A rescan that found nothing is the steady state: not worth a line every interval.
+        quiet = run.outcome == "success" and run.detail == {"files_found": 0}
+        (log.debug if quiet else log.info)(
             "job.run",
             job=run.job_id,
             outcome=run.outcome,

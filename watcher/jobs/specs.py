@@ -23,6 +23,9 @@ from pydantic import (
 )
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+# The same, without the ids made only of dots ("." and ".." are path segments, never ids). pydantic's
+# regex engine has no look-ahead, so a validator enforces that part and the schema states it.
+JOB_ID_SCHEMA_PATTERN = r"^(?!\.+$)[A-Za-z0-9_.-]{1,64}$"
 KIND_NAMES = ("rescan", "purge", "retry_failed", "sweep")
 TRIGGER_TYPES = ("cron", "interval", "date")
 CRON_FIELDS = ("second", "minute", "hour", "day", "month", "day_of_week")
@@ -46,7 +49,11 @@ def _not_only_dots(value: str) -> str:
 
 JobId = Annotated[
     str,
-    Field(pattern=JOB_ID_PATTERN, description="1-64 characters: letters, digits, `_`, `.`, `-`."),
+    Field(
+        pattern=JOB_ID_PATTERN,
+        description="1-64 characters: letters, digits, `_`, `.`, `-` (not only dots).",
+        json_schema_extra={"pattern": JOB_ID_SCHEMA_PATTERN},
+    ),
     AfterValidator(_not_only_dots),
 ]
 

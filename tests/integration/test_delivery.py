@@ -46,7 +46,8 @@ def test_200_files_delivered_byte_identical(tmp_path: Path, observer: str) -> No
             await await_until(lambda: len(tree(settings.outbox)) == 200, 30, "200 deliveries")
             await await_until(lambda: not inbox_files(settings), 10, "empty inbox")
             assert tree(settings.outbox) == expected
-            assert metric_value(service, "watcher_files_delivered_total") == 200
+            # Files appear before the worker has accounted for them: wait for the counters too.
+            await await_until(lambda: metric_value(service, "watcher_files_delivered_total") == 200, 10, "count")
             assert metric_value(service, "watcher_bytes_delivered_total") == sum(map(len, expected.values()))
 
     run(main())
@@ -118,10 +119,11 @@ def test_conflict_policies(tmp_path: Path, policy: str) -> None:
     async def main() -> None:
         async with running(settings) as service:
             write(settings.inbox / "same.txt", b"same")
-            await await_until(lambda: not (settings.inbox / "same.txt").exists(), 10, "duplicate removed")
-            assert metric_value(service, "watcher_files_duplicate_total") == 1
+            await await_until(lambda: metric_value(service, "watcher_files_duplicate_total") == 1, 10, "duplicate")
+            assert not (settings.inbox / "same.txt").exists()
             write(settings.inbox / "report.csv", b"new")
-            await await_until(lambda: not (settings.inbox / "report.csv").exists(), 10, "conflict handled")
+            handled = lambda: not (settings.inbox / "report.csv").exists() and not service.intake.tracked  # noqa: E731
+            await await_until(handled, 10, "conflict handled")
             out = tree(settings.outbox)
             if policy == "rename":
                 assert out["report.csv"] == b"old" and out["report (1).csv"] == b"new"
@@ -246,6 +248,7 @@ def test_small_queue_burst_recovered_by_rescan(tmp_path: Path) -> None:
             dropped = metric_value(service, "watcher_events_dropped_total")
             by_rescan = metric_value(service, "watcher_files_discovered_total", {"source": "rescan"})
             by_event = metric_value(service, "watcher_files_discovered_total", {"source": "event"})
+            await await_until(lambda: metric_value(service, "watcher_files_delivered_total") == n, 10, "count")
             assert dropped > 0, "a queue of 16 must overflow under a burst of 3000"
             assert by_rescan > 0
             assert by_event + by_rescan >= n

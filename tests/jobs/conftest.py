@@ -44,6 +44,7 @@ class Watcher:
 
     def __init__(self, root: Path, **settings: str) -> None:
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.inbox, self.outbox, self.state = root / "inbox", root / "outbox", root / "state"
         self.failed = self.state / "failed"
         self.log_path = root / "watcher.log"

@@ -103,6 +103,7 @@ class JobService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._running: set[asyncio.Task[Any]] = set()
+        self._active: dict[str, int] = {}  # job id → runs in progress (a one-off job leaves the store first)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._deleted: set[str] = set()
 
@@ -145,8 +146,13 @@ class JobService:
         # Started paused: stored jobs that fell due while the service was down must not run
         # before the store is audited and the rescan job matches this start's settings.
         await asyncio.to_thread(scheduler.start, paused=True)
-        self.scheduler = scheduler
-        jobs = await asyncio.to_thread(self._prepare_store, scheduler)
+        try:
+            jobs = await asyncio.to_thread(self._prepare_store, scheduler)
+        except BaseException:
+            scheduler.shutdown(wait=False)
+            context.uninstall(self)
+            raise
+        self.scheduler = scheduler  # from here on the API and readiness see it
         for job_id in jobs:
             self._init_metrics(job_id)
         scheduler.resume()
@@ -224,6 +230,15 @@ class JobService:
     async def execute(self, job_id: str, spec: dict[str, Any]) -> None:
         """Run one job now, one instance per job at a time, and record the run (never raises but for cancel)."""
         lock = self._locks.setdefault(job_id, asyncio.Lock())
+        self._active[job_id] = self._active.get(job_id, 0) + 1
+        try:
+            await self._execute(job_id, spec, lock)
+        finally:
+            self._active[job_id] -= 1
+            if not self._active[job_id]:
+                del self._active[job_id]
+
+    async def _execute(self, job_id: str, spec: dict[str, Any], lock: asyncio.Lock) -> None:
         async with lock:
             task = asyncio.current_task()
             assert task is not None
@@ -466,7 +481,7 @@ class JobService:
         """The job's runs, newest first; JobNotFound when neither the job nor any run exists."""
         assert self.history is not None
         rows = await asyncio.to_thread(self.history.runs, job_id)
-        if not rows:
+        if not rows and job_id not in self._active:
             await self._job(job_id)
         return [
             {

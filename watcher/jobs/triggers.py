@@ -51,7 +51,10 @@ def _stored(spec: AnyTrigger, tz: tzinfo) -> dict[str, Any]:
         for name in ("start_date", "end_date", "run_date")
         if isinstance(value := getattr(spec, name, None), datetime)
     }
-    return tidy_numbers(spec.model_copy(update=dates).model_dump(mode="json", exclude_none=True))
+    stored = spec.model_dump(mode="json", exclude_none=True)
+    # isoformat, not pydantic's JSON: UTC as "+00:00", the way every other datetime is answered
+    stored.update({name: value.isoformat() for name, value in dates.items()})
+    return tidy_numbers(stored)
 
 
 def _weekday_numbers(value: str) -> bool:

@@ -15,6 +15,7 @@ journal); different bytes follow the conflict policy.
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import errno
 import os
@@ -283,6 +284,179 @@ def _remove_source(src: Path, st: os.stat_result) -> None:
         _unlink_quietly(src)
 
 
+@dataclass
+class _Open:
+    """A source opened and checked, on its way to the outbox."""
+
+    src: Path
+    fd: int
+    st: os.stat_result
+    dest: Path
+    same_fs: bool
+    temp: Path | None = None
+    link_from: Path | None = None
+    ino: tuple[int, int] = (0, 0)
+    result: TransferResult | None = None
+
+
+def _open_source(src: Path, rel: str, root: Path, fsync: bool) -> _Open | TransferResult:
+    """Open the source without following symlinks or blocking on fifos, and make its folder."""
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return TransferResult(Outcome.VANISHED, reason="gone before pickup")
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return TransferResult(Outcome.SKIPPED, reason="symlink")
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            return TransferResult(Outcome.SKIPPED, reason="not a regular file")
+        rel_dir, _, name = rel.rpartition("/")
+        folder = ensure_dirs(root, rel_dir, fsync)
+        same_fs = os.stat(folder).st_dev == st.st_dev
+    except BaseException:
+        os.close(fd)
+        raise
+    return _Open(src, fd, st, folder / name, same_fs)
+
+
+def _stage(item: _Open, fsync_each: bool, abort: threading.Event) -> None:
+    """Make the bytes ready to be linked: the source itself, or a copy under a temporary name."""
+    if item.same_fs:
+        if fsync_each:
+            os.fsync(item.fd)
+        item.link_from, item.ino = item.src, (item.st.st_dev, item.st.st_ino)
+    else:
+        item.temp = _copy_to_temp(item.fd, item.st, item.dest.parent, fsync_each, abort)
+        tst = os.lstat(item.temp)
+        item.link_from, item.ino = item.temp, (tst.st_dev, tst.st_ino)
+
+
+def _commit(item: _Open, on_conflict: str, fsync_each: bool) -> TransferResult:
+    """Put the staged bytes under their final name (or find them there already)."""
+    assert item.link_from is not None
+    for _ in range(100):  # another writer may take the name between resolve and link
+        target = _resolve_target(item.fd, item.st, item.dest, on_conflict)
+        if target is None:
+            return TransferResult(Outcome.DUPLICATE, dest=item.dest, size=item.st.st_size)
+        try:
+            _place(item.link_from, item.ino, target, fsync_each)
+        except FileExistsError:
+            continue
+        except _Swapped:
+            return TransferResult(Outcome.SKIPPED, reason="replaced by another file or a symlink")
+        except OSError as exc:
+            if exc.errno in OUTBOX_ERRNOS:
+                raise _outbox_error(exc, f"cannot place {target.path.name}") from exc
+            raise
+        return TransferResult(Outcome.DELIVERED, dest=target.path, size=item.st.st_size)
+    raise OSError(errno.EEXIST, f"could not claim a free name for {item.dest.name}")
+
+
+def _finish(item: _Open) -> None:
+    """Remove the source name (after the delivery is durable) and the temporary name."""
+    if item.result is not None and item.result.outcome in (Outcome.DELIVERED, Outcome.DUPLICATE):
+        _remove_source(item.src, item.st)
+    if item.temp is not None:
+        _unlink_quietly(item.temp)
+
+
+_libc: ctypes.CDLL | None = None
+
+
+def syncfs(path: Path) -> None:
+    """Flush the whole filesystem holding `path` to disk in one call (group commit)."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+Outcomes = list["TransferResult | Exception"]
+
+
+def deliver_batch(
+    items: list[tuple[Path, str]],
+    root: Path,
+    *,
+    on_conflict: str = "rename",
+    fsync: bool = True,
+    abort: threading.Event | None = None,
+) -> Outcomes:
+    """Deliver several files with one group commit; blocking. One result or exception per item.
+
+    One file is made durable with its own fsyncs (lowest latency). Several share ``syncfs`` calls on
+    the outbox filesystem: copies are flushed before any is linked into place, the links before any
+    source is removed, so durability before removal holds for every file of the batch.
+    """
+    abort = abort or threading.Event()
+    fsync_each = fsync and len(items) == 1
+    group = fsync and not fsync_each
+    outcomes: Outcomes = []
+    opened: list[_Open] = []
+    slots: list[int] = []
+    for src, rel in items:
+        try:
+            got = _open_source(src, rel, root, fsync)
+            if isinstance(got, _Open):
+                opened.append(got)
+                slots.append(len(outcomes))
+                outcomes.append(TransferResult(Outcome.SKIPPED))  # placeholder until committed
+            else:
+                outcomes.append(got)
+        except Exception as exc:  # noqa: BLE001 - reported per item
+            outcomes.append(exc)
+    live: list[tuple[int, _Open]] = []
+    try:
+        for slot, item in zip(slots, opened, strict=True):
+            try:
+                _stage(item, fsync_each, abort)
+                live.append((slot, item))
+            except Exception as exc:  # noqa: BLE001 - reported per item
+                outcomes[slot] = exc
+        if group and any(item.temp is not None for _, item in live):
+            _group_sync(root, live, outcomes)
+        committed: list[tuple[int, _Open]] = []
+        for slot, item in live:
+            if isinstance(outcomes[slot], Exception):
+                continue  # the group flush of its copy failed
+            try:
+                item.result = _commit(item, on_conflict, fsync_each)
+                outcomes[slot] = item.result
+                committed.append((slot, item))
+            except Exception as exc:  # noqa: BLE001 - reported per item
+                outcomes[slot] = exc
+        if group and committed:
+            _group_sync(root, committed, outcomes)
+    finally:
+        for item in opened:
+            try:
+                _finish(item)
+            finally:
+                os.close(item.fd)
+    return outcomes
+
+
+def _group_sync(root: Path, members: list[tuple[int, _Open]], outcomes: Outcomes) -> None:
+    """Call syncfs once; if it fails, every member fails with that error (and keeps its source)."""
+    try:
+        syncfs(root)
+    except OSError as exc:
+        error = _outbox_error(exc, "flushing the outbox failed") if exc.errno in OUTBOX_ERRNOS else exc
+        for slot, item in members:
+            outcomes[slot] = error
+            item.result = None
+
+
 def deliver(
     src: Path,
     rel: str,
@@ -297,53 +471,7 @@ def deliver(
     Raises OutboxUnavailable (pause intake), ConflictRefused (quarantine), SourceChanged or
     OSError (retry), TransferAborted (shutdown).
     """
-    abort = abort or threading.Event()
-    try:
-        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return TransferResult(Outcome.VANISHED, reason="gone before pickup")
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return TransferResult(Outcome.SKIPPED, reason="symlink")
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return TransferResult(Outcome.SKIPPED, reason="not a regular file")
-        rel_dir, _, name = rel.rpartition("/")
-        folder = ensure_dirs(root, rel_dir, fsync)
-        dest = folder / name
-        same_fs = os.stat(folder).st_dev == st.st_dev
-        temp: Path | None = None
-        try:
-            if same_fs:
-                if fsync:
-                    os.fsync(fd)
-                link_from, ino = src, (st.st_dev, st.st_ino)
-            else:
-                temp = _copy_to_temp(fd, st, folder, fsync, abort)
-                tst = os.lstat(temp)
-                link_from, ino = temp, (tst.st_dev, tst.st_ino)
-            for _ in range(100):  # another writer may take the name between resolve and link
-                target = _resolve_target(fd, st, dest, on_conflict)
-                if target is None:
-                    _remove_source(src, st)
-                    return TransferResult(Outcome.DUPLICATE, dest=dest, size=st.st_size)
-                try:
-                    _place(link_from, ino, target, fsync)
-                except FileExistsError:
-                    continue
-                except _Swapped:
-                    return TransferResult(Outcome.SKIPPED, reason="replaced by another file or a symlink")
-                except OSError as exc:
-                    if exc.errno in OUTBOX_ERRNOS:
-                        raise _outbox_error(exc, f"cannot place {target.path.name}") from exc
-                    raise
-                _remove_source(src, st)
-                return TransferResult(Outcome.DELIVERED, dest=target.path, size=st.st_size)
-            raise OSError(errno.EEXIST, f"could not claim a free name for {name}")
-        finally:
-            if temp is not None:
-                _unlink_quietly(temp)
-    finally:
-        os.close(fd)
+    (outcome,) = deliver_batch([(src, rel)], root, on_conflict=on_conflict, fsync=fsync, abort=abort)
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome

@@ -28,12 +28,13 @@ from watcher.pipeline.transfer import (
     SourceChanged,
     TransferAborted,
     TransferResult,
-    deliver,
+    deliver_batch,
 )
 
 log = get_logger(__name__)
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 60.0
+BATCH_MAX = 32  # files per thread hop and group commit
 
 
 def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:
@@ -72,11 +73,15 @@ class WorkerPool:
 
     async def _worker(self) -> None:
         while self._accepting:
-            item = await self.queue.get()
+            batch = [await self.queue.get()]
+            # Whatever else is already waiting rides along: one thread hop and one group commit.
+            while len(batch) < BATCH_MAX and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
             if not self._accepting:
-                return
-            item.state = "running"
-            job = asyncio.create_task(self._handle(item))
+                return  # still tracked and still in the inbox: the next start delivers them
+            for item in batch:
+                item.state = "running"
+            job = asyncio.create_task(self._handle(batch))
             self._busy.add(job)
             try:
                 await asyncio.shield(job)
@@ -86,7 +91,7 @@ class WorkerPool:
     async def stop(self, timeout: float) -> int:
         """Stop taking files, let in-flight transfers finish within `timeout`, then abort them.
 
-        Returns how many transfers had to be interrupted (their sources stay in the inbox).
+        Returns how many transfer batches had to be interrupted (their sources stay in the inbox).
         """
         self._accepting = False
         for task in self._tasks:
@@ -103,43 +108,56 @@ class WorkerPool:
         self._executor.shutdown(wait=False, cancel_futures=True)
         return interrupted
 
-    async def _handle(self, item: Tracked) -> None:
-        src = self.intake.inbox / item.rel
+    async def _handle(self, batch: list[Tracked]) -> None:
         loop = asyncio.get_running_loop()
-        run = partial(
-            deliver,
-            src,
-            item.rel,
-            self.settings.outbox,
-            on_conflict=self.settings.on_conflict,
-            fsync=self.settings.fsync,
-            abort=self.abort,
-        )
-        while True:
+        s = self.settings
+        pending = batch
+        while pending:
             await self.gate.wait_open()
+            run = partial(
+                deliver_batch,
+                [(self.intake.inbox / item.rel, item.rel) for item in pending],
+                s.outbox,
+                on_conflict=s.on_conflict,
+                fsync=s.fsync,
+                abort=self.abort,
+            )
             started = time.monotonic()
-            self.metrics.inflight_transfers.inc()
+            self.metrics.inflight_transfers.inc(len(pending))
             try:
-                result = await loop.run_in_executor(self._executor, run)
-            except OutboxUnavailable as exc:
-                self.gate.close(exc.reason)
-                continue  # not the file's fault: wait at the gate, charge nothing
-            except ConflictRefused as exc:
-                await self._quarantine(item, exc, started)
-            except SourceChanged as exc:
-                log.info("file.changed", path=item.rel, reason=str(exc), outcome="resettle")
-                self.intake.resettle(item)
-                return
-            except TransferAborted:
-                log.warning("file.interrupted", path=item.rel, outcome="left_in_inbox")
-                self.summary["interrupted"] += 1
-            except OSError as exc:
-                await self._failed_attempt(item, exc, started)
-            else:
-                self._record(item, result, time.monotonic() - started)
+                outcomes = await loop.run_in_executor(self._executor, run)
             finally:
-                self.metrics.inflight_transfers.dec()
-            break
+                self.metrics.inflight_transfers.dec(len(pending))
+            duration = time.monotonic() - started
+            blocked: list[Tracked] = []
+            for item, outcome in zip(pending, outcomes, strict=True):
+                if isinstance(outcome, OutboxUnavailable):
+                    self.gate.close(outcome.reason)
+                    blocked.append(item)  # not the file's fault: wait at the gate, charge nothing
+                else:
+                    await self._settle(item, outcome, duration, started)
+            pending = blocked
+
+    async def _settle(
+        self, item: Tracked, outcome: TransferResult | Exception, duration: float, started: float
+    ) -> None:
+        """Account for one file's outcome and hand it back to intake."""
+        if isinstance(outcome, TransferResult):
+            self._record(item, outcome, duration)
+        elif isinstance(outcome, ConflictRefused):
+            await self._quarantine(item, outcome, started)
+        elif isinstance(outcome, SourceChanged):
+            log.info("file.changed", path=item.rel, reason=str(outcome), outcome="resettle")
+            self.intake.resettle(item)
+            return
+        elif isinstance(outcome, TransferAborted):
+            log.warning("file.interrupted", path=item.rel, outcome="left_in_inbox")
+            self.summary["interrupted"] += 1
+        elif isinstance(outcome, OSError):
+            await self._failed_attempt(item, outcome, started)
+        else:
+            log.error("file.unexpected_error", path=item.rel, error=repr(outcome), exc_info=outcome, outcome="retry")
+            await self._failed_attempt(item, OSError(0, repr(outcome)), started)
         if item.state != "retrying":
             self.intake.finish(item)
 

@@ -1,0 +1,87 @@
+"""Jobs and their history survive a restart of `python -m watcher run` (SIGTERM, start again).
+
+The `rescan` job follows WATCHER_RESCAN_INTERVAL at every start: it runs on that interval, and 0
+removes it while the start-up scan still delivers what is waiting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.jobs.conftest import AUTH, Watcher, wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def jobs_by_id(w: Watcher) -> dict[str, dict[str, Any]]:
+    return {job["id"]: job for job in w.http.get("/jobs").json()["jobs"]}
+
+
+def test_jobs_and_history_survive_a_restart(make_watcher: Callable[..., Watcher], tmp_path: Path) -> None:
+    root = tmp_path / "svc"
+    w = make_watcher(root, rescan_interval="1")
+    day = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0).isoformat()
+    bodies = [
+        {"id": "cron-fields", "kind": "purge", "trigger": {"type": "cron", "hour": "4", "minute": "30", "day_of_week": "sat,sun"}, "args": {"target": "outbox", "older_than_seconds": 604800}},
+        {"id": "cron-expr", "kind": "sweep", "trigger": {"type": "cron", "expression": "15 */6 * * *"}, "args": {"older_than_seconds": 600}},
+        {"id": "every-hour", "kind": "retry_failed", "trigger": {"type": "interval", "hours": 1}},
+        {"id": "once", "kind": "rescan", "trigger": {"type": "date", "run_date": day}},
+        {"id": "held", "kind": "purge", "trigger": {"type": "interval", "minutes": 5}, "args": {"target": "failed", "older_than_seconds": 0}},
+    ]  # fmt: skip
+    for body in bodies:
+        w.create(body)
+    assert w.http.post("/jobs/held/pause", headers=AUTH).json()["paused"] is True
+    first_run = w.run_now("cron-expr", before=0)
+    second_run = w.run_now("cron-expr", before=1)
+    wait_for(lambda: len(w.runs("rescan")) >= 2, 10, "two runs of the rescan job on its 1 s interval")
+    before = jobs_by_id(w)
+    rescan_runs = w.runs("rescan")
+    assert before["rescan"]["trigger"] == {"type": "interval", "seconds": 1}
+
+    assert w.terminate() == 0
+    w = make_watcher(root, rescan_interval="1")
+
+    after = jobs_by_id(w)
+    assert set(after) == set(before)
+    for job_id, job in before.items():
+        if job_id == "rescan":
+            continue  # re-created from the setting at each start, with a fresh next run time
+        assert after[job_id] == job, job_id
+    assert after["held"]["paused"] is True and after["held"]["next_run_time"] is None
+    assert w.runs("cron-expr") == [second_run, first_run]
+    assert w.runs("rescan")[-len(rescan_runs) :] == rescan_runs
+
+    # WATCHER_RESCAN_INTERVAL=0: no rescan job (nor its history); the start-up scan still runs
+    assert w.terminate() == 0
+    (root / "inbox").mkdir(exist_ok=True)
+    (root / "inbox" / "waiting.txt").write_bytes(b"found at start-up")
+    w = make_watcher(root, rescan_interval="0")
+    assert "rescan" not in jobs_by_id(w)
+    assert w.http.get("/jobs/rescan").status_code == 404
+    assert w.http.get("/jobs/rescan/runs").status_code == 404
+    assert set(jobs_by_id(w)) == set(before) - {"rescan"}
+    wait_for(lambda: (root / "outbox" / "waiting.txt").is_file(), 10, "the start-up scan to deliver")
+
+    # and a new interval is the rescan job's new trigger
+    assert w.terminate() == 0
+    w = make_watcher(root, rescan_interval="7.5")
+    assert jobs_by_id(w)["rescan"]["trigger"] == {"type": "interval", "seconds": 7.5}
+
+
+def test_a_paused_rescan_job_is_restored_by_the_setting_at_start(
+    make_watcher: Callable[..., Watcher], tmp_path: Path
+) -> None:
+    root = tmp_path / "svc"
+    w = make_watcher(root)
+    assert w.http.post("/jobs/rescan/pause", headers=AUTH).json()["paused"] is True
+    assert w.terminate() == 0
+    w = make_watcher(root)
+    r = w.http.get("/jobs/rescan")
+    assert r.status_code == 200, r.text
+    rescan = r.json()
+    assert rescan["paused"] is False and rescan["trigger"] == {"type": "interval", "seconds": 30}

@@ -1,0 +1,82 @@
+"""Crash chaos: writers of every kind keep filling the inbox while the real `watcher run` process is
+SIGKILLed at random moments and restarted. At the end every file is in the outbox exactly once,
+byte-identical, the inbox is empty, no temporary file is left anywhere and nothing is quarantined.
+
+Replay a failing run with ``WATCHER_SOAK_SEED=<printed seed>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.proc import WatcherProcess
+from tests.reliability.support import (
+    MiB,
+    Workload,
+    assert_exactly_once,
+    count_files,
+    process_env,
+    seed_from_env,
+    shm_dir,
+    temp_files,
+    wait_for,
+)
+
+
+def chaos(tmp_path: Path, outbox_fs: str, n: int, kills: int, big_files: int, timeout: float) -> None:
+    seed = seed_from_env()
+    rng = random.Random(seed)
+    with contextlib.ExitStack() as stack:
+        outbox = stack.enter_context(shm_dir("chaos")) if outbox_fs == "other" else tmp_path / "outbox"
+        env = process_env(tmp_path, WATCHER_OUTBOX=str(outbox), WATCHER_RESCAN_INTERVAL="2")
+        inbox, failed = tmp_path / "inbox", tmp_path / "state" / "failed"
+        proc = WatcherProcess(env, tmp_path, tmp_path / "watcher.log").start()
+        stack.callback(proc.stop_quietly)
+        work = Workload(inbox, tmp_path / "staging", n, seed, big_files=big_files)
+        stack.callback(work.stop.set)
+        work.start()
+        started = time.monotonic()
+        killed = 0
+        for _ in range(kills):
+            # A random moment: right after a restart (mid start-up scan), or after a random share of deliveries.
+            if rng.random() > 0.15:
+                target = count_files(outbox) + rng.randint(1, max(2, 2 * n // (kills + 1)))
+                wait_for(
+                    lambda t=target: count_files(outbox) >= t or not work.alive(),
+                    timeout,
+                    f"seed={seed}: progress before kill {killed + 1}",
+                )
+            proc.kill()
+            killed += 1
+            proc.start()
+        work.join(timeout)
+        wait_for(lambda: count_files(inbox) == 0, timeout, f"seed={seed}: inbox drained", interval=0.2)
+        wait_for(lambda: count_files(outbox) >= len(work.expected), 60, f"seed={seed}: all delivered", interval=0.2)
+        elapsed = time.monotonic() - started
+        assert proc.terminate(60) == 0
+        assert_exactly_once(outbox, work.expected, seed)
+        assert count_files(inbox) == 0, f"seed={seed}: inbox not empty"
+        leftovers = temp_files(inbox, outbox, failed, tmp_path / "staging")
+        assert not leftovers, f"seed={seed}: temporary files left: {leftovers[:5]}"
+        assert count_files(failed) == 0, f"seed={seed}: files quarantined"
+        print(
+            f"chaos outbox_fs={outbox_fs} seed={seed}: {len(work.expected)} files, "
+            f"{work.bytes_written / MiB:.1f} MiB, {killed} SIGKILLs, {elapsed:.1f}s"
+        )
+
+
+@pytest.mark.parametrize("outbox_fs", ["same", "other"])
+def test_sigkill_chaos_quick(tmp_path: Path, outbox_fs: str) -> None:
+    chaos(tmp_path, outbox_fs, n=600, kills=3, big_files=0, timeout=60)
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("outbox_fs", ["same", "other"])
+def test_sigkill_chaos_soak(tmp_path: Path, outbox_fs: str) -> None:
+    chaos(tmp_path, outbox_fs, n=10_000, kills=20, big_files=4, timeout=600)

@@ -1,0 +1,111 @@
+"""inotify exhaustion: with fs.inotify.max_user_watches (or max_user_instances) too low for the
+inbox tree, a real `watcher run` falls back to polling, says so in /health/ready and in its logs
+(`observer.inotify_exhausted`), and still delivers everything.
+
+Other processes on the machine use inotify too, so the limit is lowered only until the service has
+chosen its observer, and restored in a ``finally`` whatever happens.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.proc import WatcherProcess
+from tests.reliability.support import (
+    Sysctl,
+    check_detail,
+    count_files,
+    log_events,
+    process_env,
+    ready,
+    require_root,
+    wait_for,
+)
+
+FOLDERS = 40
+
+
+def inotify_usage() -> tuple[int, int]:
+    """(instances, watches) of inotify held by processes of this user right now."""
+    uid = os.geteuid()
+    instances = watches = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != uid:
+                continue
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:inotify":
+                    continue
+                with open(f"/proc/{pid}/fdinfo/{fd}", encoding="ascii") as handle:
+                    watches += sum(1 for line in handle if line.startswith("inotify wd:"))
+                instances += 1
+            except OSError:
+                continue
+    return instances, watches
+
+
+CASES = {
+    # not even the inbox root can be watched
+    "watches_for_root": "max_user_watches",
+    # the root can, but not every folder of the tree: inotify would silently miss files in the rest
+    "watches_for_tree": "max_user_watches",
+    # no inotify instance can be created at all
+    "instances": "max_user_instances",
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_inotify_exhausted_falls_back_to_polling(tmp_path: Path, case: str) -> None:
+    limit = CASES[case]
+    require_root(f"lower fs.inotify.{limit}")
+    env = process_env(tmp_path, WATCHER_OBSERVER="auto", WATCHER_SETTLE_SECONDS="0.3")
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    expected: dict[str, bytes] = {}
+    for i in range(FOLDERS):  # more folders than watches left: a recursive watch cannot be set up
+        rel = f"d{i:02d}/early.txt"
+        (inbox / rel).parent.mkdir(parents=True)
+        expected[rel] = f"early {i}".encode()
+        (inbox / rel).write_bytes(expected[rel])
+    log_path = tmp_path / "watcher.log"
+    proc = WatcherProcess(env, tmp_path, log_path)
+    knob = Sysctl(f"fs.inotify.{limit}")
+    try:
+        instances, watches = inotify_usage()
+        knob.set({"watches_for_root": watches, "watches_for_tree": watches + FOLDERS // 2, "instances": instances}[case])
+        proc.start(wait_ready=False)
+        wait_for(
+            lambda: any(e.get("event") == "service.started" for e in log_events(log_path)) or proc.proc.poll() is not None,  # type: ignore[union-attr]
+            30,
+            "the observer chosen",
+            interval=0.02,
+        )
+        knob.restore()  # as soon as the choice is made: other processes need their watches
+        wait_for(proc.ready, 30, "watcher /health/live")
+        events = log_events(log_path)
+        exhausted = [e for e in events if e.get("event") == "observer.inotify_exhausted"]
+        started = next(e for e in events if e.get("event") == "service.started")
+        assert exhausted, f"no observer.inotify_exhausted log line; observer={started['observer']}: {started['observer_reason']}"
+        assert f"fs.inotify.{limit}" in str(exhausted[0].get("limit_to_raise"))
+        assert started["observer"] == "polling"
+        wait_for(lambda: ready(proc.port)[0] == 200, 20, "ready while polling")
+        detail = check_detail(ready(proc.port)[1], "observer")
+        assert "polling" in detail and limit in detail, detail
+        for i in range(FOLDERS):  # written after start-up: only the polling observer (or a rescan) sees them
+            rel = f"d{i:02d}/late.txt" if i % 2 else f"new{i:02d}/late.txt"
+            (inbox / rel).parent.mkdir(exist_ok=True)
+            expected[rel] = f"late {i}".encode()
+            (inbox / rel).write_bytes(expected[rel])
+        wait_for(lambda: count_files(inbox) == 0, 30, "everything delivered by polling")
+        assert proc.terminate() == 0
+        got = {str(p.relative_to(outbox)): p.read_bytes() for p in outbox.rglob("*") if p.is_file()}
+        assert got == expected
+    finally:
+        knob.restore()
+        proc.stop_quietly()

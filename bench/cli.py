@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -18,7 +21,7 @@ from types import FrameType
 from bench import harness, report, subjects
 from bench.harness import RunResult
 from bench.report import Summary
-from bench.workloads import FULL, SMOKE, WORKLOADS, Workload
+from bench.workloads import FULL, SMOKE, WORKLOADS, Config, Workload
 
 log = logging.getLogger("bench")
 
@@ -37,7 +40,7 @@ def _applies(subject: subjects.Subject, workload: Workload) -> str | None:
     """None if ``subject`` runs ``workload``; otherwise the status to show (or "" to show nothing)."""
     if subject.kind == harness.CP_SYNC:
         return None if workload.key == "big_other_fs" else ""
-    if subject is subjects.WATCHER_INFO and workload.key not in INFO_WORKLOADS:
+    if subject.name == subjects.WATCHER_INFO.name and workload.key not in INFO_WORKLOADS:
         return ""
     if workload.backlog and not subject.can_backlog:
         return "n/a: an inotify loop does not see files present before it starts"
@@ -65,6 +68,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for latest.md/json/png (default bench/results)")
     p.add_argument("--keep", action="store_true", help="keep each run's folders under bench/.work")
+    p.add_argument(
+        "--no-snapshot",
+        dest="snapshot",
+        action="store_false",
+        help="run the service from the working tree instead of a copy of watcher/ taken at start",
+    )
     return p.parse_args(argv)
 
 
@@ -78,11 +87,31 @@ def main(argv: list[str] | None = None) -> int:
         cfg = replace(cfg, reps=args.reps)
     workloads = [w for w in WORKLOADS if w.key in args.workloads.split(",")]
     chosen = [SUBJECT_KEYS[k] for k in args.subjects.split(",") if k]
+    snapshot: Path | None = None
+    if args.snapshot and any(s.kind == "watcher" for s in chosen):
+        harness.WORK_ROOT.mkdir(parents=True, exist_ok=True)
+        snapshot = subjects.snapshot_watcher(Path(tempfile.mkdtemp(prefix="snapshot-", dir=harness.WORK_ROOT)))
+        chosen = [replace(s, root=snapshot) if s.kind == "watcher" else s for s in chosen]
+    try:
+        return _run(args, cfg, workloads, chosen, snapshot)
+    finally:
+        if snapshot is not None:
+            shutil.rmtree(snapshot, ignore_errors=True)
+
+
+def _run(
+    args: argparse.Namespace,
+    cfg: Config,
+    workloads: list[Workload],
+    chosen: list[subjects.Subject],
+    snapshot: Path | None,
+) -> int:
     unavailable = {s.name: reason for s in chosen if (reason := s.available())}
     for name, reason in unavailable.items():
         log.warning("%s: %s", name, reason)
 
     started = time.monotonic()
+    load_at_start = os.getloadavg()
     runs: dict[tuple[str, str], list[RunResult]] = {}
     status: dict[tuple[str, str], str] = {}
     try:
@@ -129,7 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     index = {(s.subject, s.workload): s for s in summaries}
     targets = report.evaluate_targets(lambda subj, wl: index.get((subj, wl)), cfg)
     targets = [t for t in targets if t.workload in {w.key for w in workloads}]
-    machine = report.machine_info()
+    machine = report.machine_info(snapshot or subjects.REPO)
+    machine["watcher_source"] = "copy of watcher/ taken at start" if snapshot else "working tree"
+    # other work on the machine skews every number: say how busy it was
+    machine["load_average_1_5_15_min"] = "start {:.2f} {:.2f} {:.2f}, end {:.2f} {:.2f} {:.2f}".format(
+        *load_at_start, *os.getloadavg()
+    )
     mode = "smoke" if args.smoke else "full"
     notes = {s.name: s.description for s in chosen}
     md = report.markdown(summaries, targets, machine, cfg, mode, duration, notes)

@@ -218,8 +218,8 @@ def _run_subject(result: RunResult, subject: Subject, workload: Workload, cfg: C
 
 def _run_cp_sync(result: RunResult, workload: Workload, cfg: Config, plan: Plan, dirs: Dirs) -> None:
     """The reference for the big other-filesystem case: ``cp`` the closed file, then ``sync``."""
-    drive = workload.drive(dirs, cfg, plan, os.getpid())
-    name, t_close = next(iter(drive.closed.items()))
+    driven = workload.drive(dirs, cfg, plan, os.getpid())
+    name, t_close = next(iter(driven.closed.items()))
     t0 = time.monotonic()
     subprocess.run(["cp", "--", str(dirs.inbox / name), str(dirs.outbox / name)], check=True)
     subprocess.run(["sync"], check=True)

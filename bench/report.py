@@ -227,12 +227,12 @@ def evaluate_targets(get: Lookup, cfg: Config, subject: str = "watcher") -> list
     return targets
 
 
-def machine_info() -> dict[str, str]:
+def machine_info(watcher_root: Path = REPO) -> dict[str, str]:
     """The facts a reader needs to compare two result files."""
 
-    def run(*args: str) -> str:
+    def run(*args: str, cwd: Path = REPO) -> str:
         try:
-            out = subprocess.run(args, capture_output=True, text=True, timeout=30, check=False, cwd=REPO)
+            out = subprocess.run(args, capture_output=True, text=True, timeout=30, check=False, cwd=cwd)
         except (OSError, subprocess.TimeoutExpired):
             return "?"
         text = (out.stdout or out.stderr).strip() or "?"
@@ -271,7 +271,7 @@ def machine_info() -> dict[str, str]:
         "other_filesystem": f"{shm[1]} at /dev/shm" if len(shm) > 1 else "?",
         "inotify_max_queued_events": Path("/proc/sys/fs/inotify/max_queued_events").read_text().strip(),
         "inotifywait": inotifywait,
-        "watcher_version": run(sys.executable, "-m", "watcher", "--version"),
+        "watcher_version": run(sys.executable, "-m", "watcher", "--version", cwd=watcher_root),
         "git_commit": run("git", "rev-parse", "--short", "HEAD"),
     }
 
@@ -409,7 +409,8 @@ def latency_png(path: Path, summaries: Sequence[Summary], cfg: Config) -> None:
         ax.set_ylabel("fraction of files")
         ax.set_title(labels[key])
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        if ax.lines:
+            ax.legend(fontsize=8, loc="lower right")
     ax = axes[3]
     bars = [
         (f"{s.subject}\n{'same fs' if s.workload == 'big_same_fs' else 'other fs'}", s.get("lat_p50_ms"))

@@ -113,13 +113,15 @@ class Running:
             return ""
 
 
-def _popen(args: list[str], env: Mapping[str, str], log: Path) -> tuple[subprocess.Popen[bytes], float]:
+def _popen(
+    args: list[str], env: Mapping[str, str], log: Path, cwd: Path = REPO
+) -> tuple[subprocess.Popen[bytes], float]:
     with log.open("ab") as out:
         t_start = time.monotonic()
         proc = subprocess.Popen(
             args,
             env=dict(env),
-            cwd=REPO,
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -164,6 +166,7 @@ class Subject:
     can_backlog: bool
     env: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
+    root: Path = REPO  # where `python -m watcher` imports the service from (see snapshot_watcher())
 
     def available(self) -> str | None:
         """None when the subject can run here, else the reason it cannot."""
@@ -172,7 +175,8 @@ class Subject:
         if self.kind == "watcher":
             probe = subprocess.run(
                 [sys.executable, "-m", "watcher", "--version"],
-                cwd=REPO,
+                cwd=self.root,
+                env=self._python_env(dict(os.environ)),
                 capture_output=True,
                 timeout=60,
                 check=False,
@@ -181,6 +185,12 @@ class Subject:
                 lines = probe.stderr.decode(errors="replace").strip().splitlines()
                 return "not runnable: " + (lines[-1] if lines else f"exit {probe.returncode}")
         return None
+
+    def _python_env(self, env: dict[str, str]) -> dict[str, str]:
+        """``env`` with the service's root first on the import path (ahead of an editable install)."""
+        if self.root != REPO:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.root), env.get("PYTHONPATH", "")]))
+        return env
 
     def start(self, dirs: Dirs) -> Running:
         """Start the subject on ``dirs``; it is not necessarily ready yet."""
@@ -199,7 +209,7 @@ class Subject:
                 WATCHER_SETTLE_SECONDS="2",
             )
             env.update(self.env)
-            proc, t0 = _popen([sys.executable, "-m", "watcher", "run"], env, dirs.log)
+            proc, t0 = _popen([sys.executable, "-m", "watcher", "run"], self._python_env(env), dirs.log, self.root)
             ready = _http_ok(f"http://127.0.0.1:{port}/health/ready")
         elif self.kind == "limit":
             env["PYTHONPATH"] = str(REPO)
@@ -239,3 +249,13 @@ INOTIFYWAIT = Subject(
 )
 CP_SYNC = Subject("cp+sync", "cp+sync", can_backlog=False, description="`cp FILE OUTBOX && sync` (big, other fs only)")
 ALL = (WATCHER, LIMIT, INOTIFYWAIT, WATCHER_INFO, CP_SYNC)
+
+
+def snapshot_watcher(dest: Path) -> Path:
+    """Copy the ``watcher`` package into ``dest`` and return ``dest``, to run the service from there.
+
+    The benchmark then measures one version of the service from the first run to the last, even when
+    the working tree changes while it runs.
+    """
+    shutil.copytree(REPO / "watcher", dest / "watcher", ignore=shutil.ignore_patterns("__pycache__"))
+    return dest

@@ -91,7 +91,11 @@ class Drive:
 
 
 def write_file(path: Path | str, data: bytes, *, fsync: bool = False) -> float:
-    """Create ``path`` (it must not exist) with ``data``; return the monotonic time right after close."""
+    """Create ``path`` (it must not exist) with ``data``; return the monotonic time of its ``close()``.
+
+    The time is taken right before the ``close()`` call: inside it the kernel wakes the subject, which may
+    take this CPU at once, so a time taken after it can come after the delivery (negative latency).
+    """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         view = memoryview(data)
@@ -99,9 +103,12 @@ def write_file(path: Path | str, data: bytes, *, fsync: bool = False) -> float:
             view = view[os.write(fd, view) :]
         if fsync:
             os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
-    return time.monotonic()
+        raise
+    t_close = time.monotonic()
+    os.close(fd)
+    return t_close
 
 
 def _names(prefix: str, count: int) -> list[str]:
@@ -166,8 +173,8 @@ def _drive_renamed(dirs: Dirs, _cfg: Config, plan: Plan, _sid: int) -> Drive:
     drive = Drive()
     staging, inbox = str(dirs.staging), str(dirs.inbox)
     for name in plan.sizes:
+        drive.closed[name] = time.monotonic()  # before the call, as in write_file()
         os.rename(os.path.join(staging, name), os.path.join(inbox, name))
-        drive.closed[name] = time.monotonic()
     return drive
 
 
@@ -223,9 +230,12 @@ def _drive_big(dirs: Dirs, cfg: Config, plan: Plan, _sid: int) -> Drive:
             while view:
                 view = view[os.write(fd, view) :]
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
-    return Drive(closed={"big.bin": time.monotonic()})
+        raise
+    t_close = time.monotonic()  # before the call, as in write_file()
+    os.close(fd)
+    return Drive(closed={"big.bin": t_close})
 
 
 def _prepare_idle(dirs: Dirs, cfg: Config) -> Plan:

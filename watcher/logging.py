@@ -1,19 +1,21 @@
 """structlog set-up: one event per line, JSON or console, with the stdlib loggers routed through it.
 
-uvicorn, watchdog, APScheduler and Python warnings log through the stdlib; a ProcessorFormatter
-renders their records with the same processors, so with ``json`` every line on stdout is a JSON
-object, tracebacks included.
+Our own events take structlog's fast path (a filtering bound logger, orjson, one write per line);
+uvicorn, watchdog, APScheduler and Python warnings log through the stdlib, and a ProcessorFormatter
+renders their records with the same processors. Both write through one locked line writer, so with
+``json`` every line on stdout is a whole JSON object, tracebacks included.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+import threading
+from typing import TextIO
 
 import orjson
 import structlog
-from structlog.typing import EventDict, Processor, WrappedLogger
+from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -32,37 +34,92 @@ def printable(text: str) -> str:
 def _sanitize(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     # File names may hold non-UTF-8 bytes (surrogate escapes), which JSON cannot carry.
     event_dict.pop("color_message", None)  # uvicorn's ANSI-coloured duplicate of the message
+    if "logger_name" in event_dict:  # ("logger" itself is a reserved argument of structlog.get_logger)
+        event_dict["logger"] = event_dict.pop("logger_name")
     for key, value in event_dict.items():
         if isinstance(value, str) and not value.isascii():
             event_dict[key] = printable(value)
     return event_dict
 
 
-def _json_dumps(obj: Any, **_: Any) -> str:
-    return orjson.dumps(obj, default=str).decode()
+def _orjson_bytes(_: WrappedLogger, __: str, event_dict: EventDict) -> bytes:
+    return orjson.dumps(event_dict, default=str)
 
 
-def configure_logging(log_format: str = "auto", level: str = "info") -> None:
+def _orjson_text(_: WrappedLogger, __: str, event_dict: EventDict) -> str:
+    return orjson.dumps(event_dict, default=str).decode()
+
+
+class LineWriter:
+    """Writes whole lines to a stream under one lock, shared by structlog and the stdlib handler."""
+
+    def __init__(self, stream: TextIO) -> None:
+        """Write to `stream` (bytes through its buffer when it has one)."""
+        self._stream = stream
+        self._buffer = getattr(stream, "buffer", None)
+        self._lock = threading.Lock()
+
+    def write(self, line: str | bytes) -> None:
+        """Write one line and flush it, so a crash loses no finished line."""
+        with self._lock:
+            if self._buffer is not None:
+                self._buffer.write(
+                    (line.encode("utf-8", "backslashreplace") if isinstance(line, str) else line) + b"\n"
+                )
+                self._buffer.flush()
+            else:
+                self._stream.write((line.decode() if isinstance(line, bytes) else line) + "\n")
+                self._stream.flush()
+
+
+class _WriterLogger:
+    """The object structlog's bound logger hands rendered events to."""
+
+    def __init__(self, writer: LineWriter) -> None:
+        self._write = writer.write
+
+    def msg(self, message: str | bytes) -> None:
+        self._write(message)
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+class _WriterHandler(logging.Handler):
+    """A stdlib handler that emits through the shared line writer."""
+
+    def __init__(self, writer: LineWriter) -> None:
+        super().__init__()
+        self._writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._writer.write(self.format(record))
+        except Exception:  # noqa: BLE001 - logging must never crash the service
+            self.handleError(record)
+
+
+def configure_logging(log_format: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
     """Configure structlog and the stdlib root logger for the whole process (idempotent)."""
-    use_json = log_format == "json" or (log_format == "auto" and not sys.stdout.isatty())
+    out = stream or sys.stdout
+    use_json = log_format == "json" or (log_format == "auto" and not out.isatty())
+    writer = LineWriter(out)
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
+        structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _sanitize,
     ]
-    renderer: Processor
     if use_json:
-        renderer = structlog.processors.JSONRenderer(serializer=_json_dumps)
         shared.append(structlog.processors.dict_tracebacks)
-    else:
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
+    console = structlog.dev.ConsoleRenderer(colors=False)
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), structlog.stdlib.add_logger_name, *shared],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            _orjson_text if use_json else console,
+        ],
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _WriterHandler(writer)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -78,18 +135,15 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
     logging.getLogger("watchdog").setLevel(max(_LEVELS[level], logging.INFO))
     logging.captureWarnings(True)
     structlog.configure(
-        processors=[
-            structlog.stdlib.filter_by_level,
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, _orjson_bytes if use_json else console],
+        logger_factory=lambda *_: _WriterLogger(writer),
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         cache_logger_on_first_use=True,
     )
 
 
-def get_logger(name: str) -> structlog.stdlib.BoundLogger:
-    """A module logger (``get_logger(__name__)``)."""
-    logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name)
+def get_logger(name: str) -> FilteringBoundLogger:
+    """A module logger (``get_logger(__name__)``); its events carry ``logger=<name>``."""
+    logger: FilteringBoundLogger = structlog.get_logger(logger_name=name)
     return logger
+

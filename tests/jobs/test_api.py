@@ -64,7 +64,11 @@ def test_mutations_without_the_bearer_token_are_401(
     headers = {"Content-Type": "application/json"}
     if header is not None:
         headers["Authorization"] = header
-    body = {"kind": "rescan", "trigger": CRON} if method in ("POST", "PATCH") and path in ("/jobs", "/jobs/rescan") else None
+    body = (
+        {"kind": "rescan", "trigger": CRON}
+        if method in ("POST", "PATCH") and path in ("/jobs", "/jobs/rescan")
+        else None
+    )
     r = watcher.http.request(method, path, headers=headers, content=json.dumps(body) if body else None)
     err = error(r, 401)
     assert r.headers["www-authenticate"] == "Bearer"
@@ -162,7 +166,9 @@ def test_a_duplicate_id_is_409(watcher: Watcher) -> None:
     watcher.create({"id": "twice", "kind": "rescan", "trigger": CRON})
     r = watcher.http.post("/jobs", json={"id": "twice", "kind": "sweep", "trigger": CRON}, headers=AUTH)
     assert "twice" in error(r, 409)["message"]
-    assert error(watcher.http.post("/jobs", json={"id": "rescan", "kind": "rescan", "trigger": CRON}, headers=AUTH), 409)
+    assert error(
+        watcher.http.post("/jobs", json={"id": "rescan", "kind": "rescan", "trigger": CRON}, headers=AUTH), 409
+    )
     assert watcher.http.get("/jobs/twice").json()["kind"] == "rescan"
 
 
@@ -229,8 +235,16 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("long id", {"id": "x" * 65, "kind": "rescan", "trigger": CRON}, "id"),
     ("dots id", {"id": "..", "kind": "rescan", "trigger": CRON}, "id"),
     ("bad expression", {"kind": "rescan", "trigger": {"type": "cron", "expression": "* * *"}}, "trigger.expression"),
-    ("bad expr value", {"kind": "rescan", "trigger": {"type": "cron", "expression": "61 * * * *"}}, "trigger.expression"),
-    ("weekday number", {"kind": "rescan", "trigger": {"type": "cron", "expression": "0 3 * * 0"}}, "trigger.expression"),
+    (
+        "bad expr value",
+        {"kind": "rescan", "trigger": {"type": "cron", "expression": "61 * * * *"}},
+        "trigger.expression",
+    ),
+    (
+        "weekday number",
+        {"kind": "rescan", "trigger": {"type": "cron", "expression": "0 3 * * 0"}},
+        "trigger.expression",
+    ),
     ("bad minute", {"kind": "rescan", "trigger": {"type": "cron", "minute": "61"}}, "trigger.minute"),
     ("bad hour", {"kind": "rescan", "trigger": {"type": "cron", "hour": "*/0"}}, "trigger.hour"),
     ("bad second", {"kind": "rescan", "trigger": {"type": "cron", "second": "x"}}, "trigger.second"),
@@ -248,7 +262,11 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("zero interval", {"kind": "rescan", "trigger": {"type": "interval", "seconds": 0}}, "trigger"),
     ("negative interval", {"kind": "rescan", "trigger": {"type": "interval", "minutes": -1}}, "trigger.minutes"),
     ("string interval", {"kind": "rescan", "trigger": {"type": "interval", "hours": "two"}}, "trigger.hours"),
-    ("past date", {"kind": "rescan", "trigger": {"type": "date", "run_date": "2001-01-01T00:00:00Z"}}, "trigger.run_date"),
+    (
+        "past date",
+        {"kind": "rescan", "trigger": {"type": "date", "run_date": "2001-01-01T00:00:00Z"}},
+        "trigger.run_date",
+    ),
     ("bad date", {"kind": "rescan", "trigger": {"type": "date", "run_date": "tomorrow"}}, "trigger.run_date"),
     ("missing date", {"kind": "rescan", "trigger": {"type": "date"}}, "trigger.run_date"),
     (
@@ -267,8 +285,16 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("missing purge args", {"kind": "purge", "trigger": CRON}, "args"),
     ("missing target", {"kind": "purge", "trigger": CRON, "args": {"older_than_seconds": 1}}, "args.target"),
     ("bad target", {"kind": "purge", "trigger": CRON, "args": {**PURGE, "target": "inbox"}}, "args.target"),
-    ("negative age", {"kind": "purge", "trigger": CRON, "args": {**PURGE, "older_than_seconds": -1}}, "args.older_than_seconds"),
-    ("string age", {"kind": "sweep", "trigger": CRON, "args": {"older_than_seconds": "old"}}, "args.older_than_seconds"),
+    (
+        "negative age",
+        {"kind": "purge", "trigger": CRON, "args": {**PURGE, "older_than_seconds": -1}},
+        "args.older_than_seconds",
+    ),
+    (
+        "string age",
+        {"kind": "sweep", "trigger": CRON, "args": {"older_than_seconds": "old"}},
+        "args.older_than_seconds",
+    ),
     ("args to rescan", {"kind": "rescan", "trigger": CRON, "args": {"path": "/"}}, "args.path"),
     ("unknown field", {"kind": "rescan", "trigger": CRON, "func": "os:system"}, "func"),
 ]
@@ -340,10 +366,10 @@ def test_a_date_job_runs_once_leaves_the_schedule_and_keeps_its_runs(watcher: Wa
 
 def test_history_keeps_the_newest_100_runs(watcher: Watcher) -> None:
     job = watcher.create({"kind": "purge", "trigger": CRON, "args": PURGE})
-    for _ in range(103):
+    for _ in range(101):
         assert watcher.http.post(f"/jobs/{job['id']}/run", headers=AUTH).status_code == 200
-    metric = f'watcher_job_runs_total{{job="{job["id"]}",outcome="success"}} 103.0'
-    wait_for(lambda: metric in watcher.http.get("/metrics").text, 30, "103 runs")
+    metric = f'watcher_job_runs_total{{job="{job["id"]}",outcome="success"}} 101.0'
+    wait_for(lambda: metric in watcher.http.get("/metrics").text, 30, "101 runs")
     runs = wait_for(lambda: (rs := watcher.runs(job["id"])) and len(rs) == 100 and rs, 10, "100 runs kept")
     started = [datetime.fromisoformat(r["started_at"]) for r in runs]
     assert started == sorted(started, reverse=True)
@@ -399,7 +425,9 @@ def test_a_lying_small_content_length_never_reads_past_it(watcher: Watcher) -> N
     # httpx will not send a body longer than its Content-Length, so a raw socket does; with chunked
     # framing declared too (which wins per RFC 9112), the over-limit body must still be refused.
     body = _big_body()
-    chunked = b"".join(b"%x\r\n%s\r\n" % (len(body[i : i + 8192]), body[i : i + 8192]) for i in range(0, len(body), 8192))
+    chunked = b"".join(
+        b"%x\r\n%s\r\n" % (len(body[i : i + 8192]), body[i : i + 8192]) for i in range(0, len(body), 8192)
+    )
     for head, payload in [
         (b"Content-Length: 10\r\n", body),
         (b"Content-Length: 10\r\nTransfer-Encoding: chunked\r\n", chunked + b"0\r\n\r\n"),
@@ -428,6 +456,10 @@ def test_a_lying_small_content_length_never_reads_past_it(watcher: Watcher) -> N
 
 def test_unknown_routes_and_methods_answer_json(watcher: Watcher) -> None:
     assert error(watcher.http.get("/nope"), 404)["code"] == "not_found"
+    for odd in ("%00", "a%20b", "%C3%A9t%C3%A9", "x" * 65):
+        assert error(watcher.http.get(f"/jobs/{odd}"), 404)["code"] == "not_found"
+        error(watcher.http.get(f"/jobs/{odd}/runs"), 404)
+        error(watcher.http.post(f"/jobs/{odd}/run", headers=AUTH), 404)
     assert error(watcher.http.get("/jobs/rescan/nope"), 404)["code"] == "not_found"
     r = watcher.http.put("/jobs", headers=AUTH)
     assert error(r, 405)["code"] == "method_not_allowed"

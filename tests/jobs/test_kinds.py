@@ -34,9 +34,7 @@ def _empty_dirs(watcher: Watcher) -> None:
 
 def files_under(root: Path) -> dict[str, bytes]:
     return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in root.rglob("*")
-        if p.is_file() and not p.is_symlink()
+        p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file() and not p.is_symlink()
     }
 
 

@@ -12,24 +12,25 @@ from typing import Any
 
 import pytest
 import schemathesis
-from schemathesis import BaseSchema, GenerationMode
 from hypothesis import HealthCheck, given, settings
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
+from schemathesis import BaseSchema, GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
+from starlette.routing import Route
 
 from tests.jobs.conftest import AUTH, TOKEN, Watcher
 from watcher.config import load_settings
 from watcher.http.app import Check, create_app
 from watcher.http.jobs_api import job_routes
 from watcher.http.openapi import REF_TEMPLATE as REF
-from watcher.http.openapi import build_openapi
+from watcher.http.openapi import ApiRoute, build_openapi
 from watcher.jobs import JobService
 from watcher.jobs.specs import DateSpec, JobCreate, PurgeArgs, RescanArgs, RetryFailedArgs, SweepArgs
 from watcher.metrics import create_metrics
@@ -69,9 +70,11 @@ def test_the_document_covers_every_route_of_the_app(tmp_path: Path) -> None:
     routed = {
         (route.path, method.lower())
         for route in app.routes
-        for method in getattr(route, "methods", ()) or ()
+        if isinstance(route, Route)
+        for method in route.methods or ()
         if method != "HEAD"
     }
+    assert all(isinstance(route, ApiRoute) for route in app.routes)
     assert routed == EXPECTED_OPERATIONS
     # every route is an ApiRoute with an operation per method: the document is complete by construction
     assert operations(build_openapi(app.routes, title="t", version="v")) == EXPECTED_OPERATIONS
@@ -86,7 +89,7 @@ def test_the_live_document_is_openapi_3_1_from_the_models(watcher: Watcher) -> N
     assert document["openapi"] == "3.1.0"
     assert operations(document) == EXPECTED_OPERATIONS
     schemas = document["components"]["schemas"]
-    for name, schema in schemas.items():
+    for schema in schemas.values():
         Draft202012Validator.check_schema(schema)
     # the request schema is the validating model's own, not a copy kept by hand
     own = JobCreate.model_json_schema(ref_template=REF)
@@ -114,16 +117,31 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 # schemathesis' own pytest plugin (`from_fixture(...).parametrize()`) reads a private attribute that
 # pytest 9 removed, so each operation is driven through its public `as_strategy` with hypothesis.
-@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
-@pytest.mark.parametrize(("path", "method"), sorted(EXPECTED_OPERATIONS))
+# Negative data needs something to break: a path parameter or a body. Routes of one job are driven
+# both with generated ids (mostly 404) and with the id of a job that exists (re-created as needed).
+OPS = sorted(EXPECTED_OPERATIONS)
+FUZZED = (
+    [(p, m, GenerationMode.POSITIVE, False) for p, m in OPS]
+    + [(p, m, GenerationMode.NEGATIVE, False) for p, m in OPS if "{id}" in p or m in ("post", "patch")]
+    + [(p, m, GenerationMode.POSITIVE, True) for p, m in OPS if "{id}" in p]
+    + [(p, m, GenerationMode.NEGATIVE, True) for p, m in OPS if "{id}" in p and m != "get"]
+)
+TARGET = {"id": "fuzz-target", "kind": "purge", "trigger": {"type": "cron", "expression": "0 3 1 1 *"}}
+TARGET_ARGS = {"target": "failed", "older_than_seconds": 864000}
+
+
+@pytest.mark.parametrize(("path", "method", "mode", "existing"), FUZZED)
 def test_the_live_api_keeps_its_document(
-    live_schema: BaseSchema, watcher: Watcher, path: str, method: str, mode: GenerationMode
+    live_schema: BaseSchema, watcher: Watcher, path: str, method: str, mode: GenerationMode, existing: bool
 ) -> None:
     operation = live_schema[path][method.upper()]
+    fixed = {"id": TARGET["id"]} if existing else None
 
-    @given(case=operation.as_strategy(generation_mode=mode))
+    @given(case=operation.as_strategy(generation_mode=mode, path_parameters=fixed))
     @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-    def check(case: schemathesis.Case) -> None:
+    def check(case: schemathesis.Case[Any]) -> None:
+        if existing and watcher.http.get(f"/jobs/{TARGET['id']}").status_code == 404:
+            watcher.create({**TARGET, "args": TARGET_ARGS})
         case.call_and_validate(base_url=watcher.url, headers=AUTH, checks=CHECKS)
 
     check()

@@ -1,7 +1,7 @@
 """Jobs and their history survive a restart of `python -m watcher run` (SIGTERM, start again).
 
-The `rescan` job follows WATCHER_RESCAN_INTERVAL at every start: it runs on that interval, and 0
-removes it while the start-up scan still delivers what is waiting.
+The `rescan` job follows WATCHER_RESCAN_INTERVAL at every start (a pause does not outlive a restart):
+it runs on that interval, and 0 removes it while the start-up scan still delivers what is waiting.
 """
 
 from __future__ import annotations
@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 
 from tests.jobs.conftest import AUTH, Watcher, wait_for
 
@@ -42,6 +44,7 @@ def test_jobs_and_history_survive_a_restart(make_watcher: Callable[..., Watcher]
     before = jobs_by_id(w)
     rescan_runs = w.runs("rescan")
     assert before["rescan"]["trigger"] == {"type": "interval", "seconds": 1}
+    assert w.http.post("/jobs/rescan/pause", headers=AUTH).json()["paused"] is True
 
     assert w.terminate() == 0
     w = make_watcher(root, rescan_interval="1")
@@ -55,6 +58,8 @@ def test_jobs_and_history_survive_a_restart(make_watcher: Callable[..., Watcher]
     assert after["held"]["paused"] is True and after["held"]["next_run_time"] is None
     assert w.runs("cron-expr") == [second_run, first_run]
     assert w.runs("rescan")[-len(rescan_runs) :] == rescan_runs
+    # the setting is the rescan job's source of truth at each start: paused no more
+    assert after["rescan"]["paused"] is False and after["rescan"]["trigger"] == {"type": "interval", "seconds": 1}
 
     # WATCHER_RESCAN_INTERVAL=0: no rescan job (nor its history); the start-up scan still runs
     assert w.terminate() == 0
@@ -73,15 +78,28 @@ def test_jobs_and_history_survive_a_restart(make_watcher: Callable[..., Watcher]
     assert jobs_by_id(w)["rescan"]["trigger"] == {"type": "interval", "seconds": 7.5}
 
 
-def test_a_paused_rescan_job_is_restored_by_the_setting_at_start(
+def test_a_run_missed_by_more_than_the_grace_time_is_recorded_as_missed(
     make_watcher: Callable[..., Watcher], tmp_path: Path
 ) -> None:
     root = tmp_path / "svc"
     w = make_watcher(root)
-    assert w.http.post("/jobs/rescan/pause", headers=AUTH).json()["paused"] is True
+    w.create({"id": "yearly", "kind": "rescan", "trigger": {"type": "cron", "expression": "0 3 1 1 *"}})
     assert w.terminate() == 0
+    # While the service is down, the job falls due two hours ago (beyond the 3600 s grace), written
+    # through APScheduler's own job store as the scheduler itself would have left it.
+    due = datetime.now(UTC) - timedelta(hours=2)
+    store = SQLAlchemyJobStore(url=f"sqlite:///{root / 'state' / 'jobs.sqlite'}")
+    store.start(SimpleNamespace(timezone=UTC), "default")
+    job = store.lookup_job("yearly")
+    job._scheduler = SimpleNamespace(timezone=UTC)
+    job._modify(next_run_time=due)
+    store.update_job(job)
+    store.shutdown()
+
     w = make_watcher(root)
-    r = w.http.get("/jobs/rescan")
-    assert r.status_code == 200, r.text
-    rescan = r.json()
-    assert rescan["paused"] is False and rescan["trigger"] == {"type": "interval", "seconds": 30}
+    runs = wait_for(lambda: w.runs("yearly"), 10, "the missed run to be recorded")
+    assert [r["outcome"] for r in runs] == ["missed"]
+    assert datetime.fromisoformat(runs[0]["started_at"]) == due
+    assert "3600 s" in runs[0]["error"]
+    assert 'watcher_job_runs_total{job="yearly",outcome="missed"} 1.0' in w.http.get("/metrics").text
+    assert datetime.fromisoformat(w.http.get("/jobs/yearly").json()["next_run_time"]) > datetime.now(UTC)

@@ -211,7 +211,9 @@ def assert_exactly_once(outbox: Path, expected: dict[str, Expect], seed: int, ig
         got.pop(rel, None)
     missing = sorted(set(expected) - set(got))
     extra = sorted(set(got) - set(expected))
-    assert not missing and not extra, f"seed={seed}: missing {len(missing)} {missing[:5]}, extra {len(extra)} {extra[:5]}"
+    assert not missing and not extra, (
+        f"seed={seed}: missing {len(missing)} {missing[:5]}, extra {len(extra)} {extra[:5]}"
+    )
     wrong = [rel for rel, path in got.items() if file_digest(path) != expected[rel]]
     assert not wrong, f"seed={seed}: {len(wrong)} delivered files differ from what was written: {wrong[:5]}"
 
@@ -298,7 +300,7 @@ class Workload:
                 if self.stop.is_set():
                     return
                 self._write_one(rng, i, writer)
-        except BaseException as exc:  # reported by join()
+        except OSError as exc:  # reported by join()
             self.errors.append(exc)
 
     def start(self) -> Workload:

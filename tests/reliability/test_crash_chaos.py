@@ -46,11 +46,11 @@ def chaos(tmp_path: Path, outbox_fs: str, n: int, kills: int, big_files: int, ti
             # A random moment: right after a restart (mid start-up scan), or after a random share of deliveries.
             if rng.random() > 0.15:
                 target = count_files(outbox) + rng.randint(1, max(2, 2 * n // (kills + 1)))
-                wait_for(
-                    lambda t=target: count_files(outbox) >= t or not work.alive(),
-                    timeout,
-                    f"seed={seed}: progress before kill {killed + 1}",
-                )
+
+                def progressed(t: int = target) -> bool:
+                    return count_files(outbox) >= t or not work.alive()
+
+                wait_for(progressed, timeout, f"seed={seed}: progress before kill {killed + 1}")
             proc.kill()
             killed += 1
             proc.start()

@@ -10,7 +10,6 @@ import contextlib
 import errno
 import hashlib
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,9 +19,9 @@ import pytest
 
 from tests.helpers import await_until, make_settings, metric_value, running
 from tests.reliability.support import (
+    Expect,
     KiB,
     MiB,
-    Expect,
     assert_exactly_once,
     chattr_works,
     check_detail,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any
@@ -23,9 +24,19 @@ from watcher.http.errors import ApiError, bad_request, payload_too_large, unproc
 from watcher.http.openapi import ApiRoute, Endpoint, Operation, Reply, errors
 from watcher.jobs.errors import InvalidJob, JobConflict, JobNotFound, SchedulerUnavailable
 from watcher.jobs.service import JobService
-from watcher.jobs.specs import JOB_ID_SCHEMA_PATTERN, JobCreate, JobList, JobOut, JobPatch, RunList, field_errors
+from watcher.jobs.specs import (
+    JOB_ID_PATTERN,
+    JOB_ID_SCHEMA_PATTERN,
+    JobCreate,
+    JobList,
+    JobOut,
+    JobPatch,
+    RunList,
+    field_errors,
+)
 
 MAX_BODY = 64 * 1024
+_ID = re.compile(JOB_ID_PATTERN)
 _ID_PARAM = {"id": {"type": "string", "pattern": JOB_ID_SCHEMA_PATTERN}}
 _WWW_AUTHENTICATE = {"WWW-Authenticate": "Bearer"}
 
@@ -147,7 +158,12 @@ def job_routes(jobs: JobService, token: SecretStr | None) -> list[ApiRoute]:
         return _translated(wrapper)
 
     def job_id(request: Request) -> str:
-        return str(request.path_params["id"])
+        value = str(request.path_params["id"])
+        # No job can have another id; checked before any database sees it (PostgreSQL, for one,
+        # refuses a NUL in a query parameter, which must be a 404 and not a 500).
+        if not _ID.fullmatch(value):
+            raise ApiError(404, "not_found", f"no job with id {value!r}")
+        return value
 
     @_translated
     async def list_jobs(_: Request) -> Response:

@@ -175,7 +175,6 @@ def run_one(subject: Subject, workload: Workload, cfg: Config, rep: int, keep: b
         result.faults = report.faults
     except Exception as exc:  # noqa: BLE001  # a run that breaks is reported; the others still run
         result.error = f"{type(exc).__name__}: {exc}"
-        result.faults = max(result.faults, 1)
     finally:
         if not keep:
             remove_dirs(dirs)

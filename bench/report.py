@@ -46,6 +46,7 @@ class Summary:
     runs: int = 0
     medians: dict[str, float | None] = field(default_factory=dict)
     faults: int = 0
+    checked: int = 0  # runs whose integrity was checked (a run that broke before the check is not)
     missing_at_deadline: int = 0
     found_by_scan: int = 0
     errors: list[str] = field(default_factory=list)
@@ -65,6 +66,7 @@ class Summary:
             "runs": self.runs,
             "medians": self.medians,
             "integrity_faults": self.faults,
+            "integrity_checked_runs": self.checked,
             "missing_at_deadline": self.missing_at_deadline,
             "found_by_scan": self.found_by_scan,
             "errors": self.errors,
@@ -78,6 +80,7 @@ def summarize(subject: str, workload: str, runs: Sequence[RunResult]) -> Summary
         values = [v for r in runs if (v := getattr(r, key)) is not None]
         summary.medians[key] = statistics.median(values) if values else None
     summary.faults = sum(r.faults for r in runs)
+    summary.checked = sum(1 for r in runs if r.integrity)
     summary.missing_at_deadline = sum(r.missing_at_deadline for r in runs)
     summary.found_by_scan = sum(r.found_by_scan for r in runs)
     summary.errors = [r.error for r in runs if r.error]
@@ -220,10 +223,11 @@ def evaluate_targets(get: Lookup, cfg: Config, subject: str = "watcher") -> list
         )
     for w in WORKLOADS:
         s = get(subject, w.key)
-        if s is None or s.status not in ("ok", "error"):
+        if s is None or s.status not in ("ok", "error") or not s.checked:
             targets.append(Target(w.key, "0 integrity faults", "-", "0", None))
         else:
-            targets.append(Target(w.key, "0 integrity faults", str(s.faults), "0", s.faults == 0))
+            value = f"{s.faults} in {s.checked} checked run(s)"
+            targets.append(Target(w.key, "0 integrity faults", value, "0", s.faults == 0))
     return targets
 
 
@@ -297,13 +301,13 @@ COLUMNS = (
 def _row(s: Summary, workload_label: str, targets: Iterable[Target]) -> list[str]:
     if s.status not in ("ok", "error"):
         return [workload_label, s.subject, s.status, *[""] * (len(COLUMNS) - 3)]
-    integrity = "ok" if s.faults == 0 else f"**{s.faults} faults**"
+    integrity = f"**{s.faults} faults**" if s.faults else ("ok" if s.checked else "not checked")
     if s.missing_at_deadline:
         integrity += f", {s.missing_at_deadline} undelivered at deadline"
     if s.found_by_scan:
         integrity += f" ({s.found_by_scan} seen by scan after queue overflow)"
     if s.errors:
-        integrity += "; " + s.errors[0].replace("|", "/").replace("\n", " ")[:160]
+        integrity += f"; {len(s.errors)} of {s.runs} run(s) broke: {_short(s.errors[0])}"
     verdicts = "; ".join(f"{t.name}: {t.verdict}" for t in targets)
     g = s.get
     return [
@@ -322,6 +326,13 @@ def _row(s: Summary, workload_label: str, targets: Iterable[Target]) -> list[str
         integrity,
         verdicts,
     ]
+
+
+def _short(error: str) -> str:
+    """First and last line of an error (the exception, then the subject's last log line)."""
+    lines = [x.strip() for x in error.splitlines() if x.strip()]
+    text = lines[0] if len(lines) < 2 else f"{lines[0][:80]} ... {lines[-1][:120]}"
+    return text.replace("|", "/")
 
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:

@@ -146,4 +146,3 @@ def get_logger(name: str) -> FilteringBoundLogger:
     """A module logger (``get_logger(__name__)``); its events carry ``logger=<name>``."""
     logger: FilteringBoundLogger = structlog.get_logger(logger_name=name)
     return logger
-

@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import stat
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -23,7 +22,7 @@ from pydantic import BaseModel
 
 from watcher.jobs.specs import ARGS_MODELS, PurgeArgs, SweepArgs
 from watcher.pipeline.quarantine import SIDECAR_SUFFIX
-from watcher.pipeline.rescan import sweep_temp_files
+from watcher.pipeline.rescan import regular_files, sweep_temp_files
 from watcher.pipeline.transfer import (
     ConflictRefused,
     OutboxUnavailable,
@@ -72,30 +71,6 @@ def in_progress(name: str) -> bool:
     return is_temp_name(name) or (name.startswith(".") and name.endswith(".partial") and SIDECAR_SUFFIX in name)
 
 
-def _files(root: Path, abort: threading.Event) -> Iterator[tuple[os.DirEntry[str], os.stat_result]]:
-    """Every regular file under `root` (symlinks neither followed nor listed), until `abort` is set."""
-    stack = [str(root)]
-    while stack and not abort.is_set():
-        folder = stack.pop()
-        try:
-            entries = os.scandir(folder)
-        except OSError:
-            continue
-        with entries:
-            for entry in entries:
-                if abort.is_set():
-                    return
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                        continue
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if stat.S_ISREG(st.st_mode):
-                    yield entry, st
-
-
 def _remove_emptied_dirs(root: Path, touched: set[str]) -> int:
     """Remove the folders (never `root`) that only held files this run removed; deepest first."""
     top = str(root)
@@ -120,7 +95,7 @@ def purge_files(root: Path, older_than: float, abort: threading.Event) -> Detail
     files = freed = errors = 0
     first_error = ""
     touched: set[str] = set()
-    for entry, st in _files(root, abort):
+    for entry, st in regular_files(root, abort):
         if in_progress(entry.name):
             continue
         if older_than > 0 and now - st.st_mtime < older_than:
@@ -157,7 +132,7 @@ def retry_failed(failed: Path, inbox: Path, fsync: bool, abort: threading.Event)
     """
     moved = sidecars = conflicts = errors = 0
     first_error = ""
-    for entry, _ in list(_files(failed, abort)):
+    for entry, _ in list(regular_files(failed, abort)):
         name = entry.name
         if name.endswith(SIDECAR_SUFFIX) or in_progress(name):
             continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -73,6 +74,34 @@ async def walk(root: Path, path_filter: PathFilter, recursive: bool, start_rel: 
         yield batch
 
 
+def regular_files(
+    root: Path, abort: threading.Event | None = None
+) -> Iterator[tuple[os.DirEntry[str], os.stat_result]]:
+    """Every regular file under `root` with its lstat (symlinks neither followed nor listed), until
+    `abort` is set (blocking; for maintenance walks of the outbox and the failed dir).
+    """
+    stack = [str(root)]
+    while stack and not (abort is not None and abort.is_set()):
+        folder = stack.pop()
+        try:
+            entries = os.scandir(folder)
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                if abort is not None and abort.is_set():
+                    return
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    yield entry, st
+
+
 def sweep_temp_files(root: Path, older_than: float = 0.0) -> tuple[int, int]:
     """Remove our stale temporary files under `root` (blocking); return (files, bytes) removed.
 
@@ -81,25 +110,13 @@ def sweep_temp_files(root: Path, older_than: float = 0.0) -> tuple[int, int]:
     """
     removed = freed = 0
     now = time.time()
-    stack = [str(root)]
-    while stack:
-        folder = stack.pop()
-        try:
-            entries = os.scandir(folder)
-        except OSError:
-            continue
-        with entries:
-            for entry in entries:
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                    elif is_temp_name(entry.name):
-                        st = entry.stat(follow_symlinks=False)
-                        # ctime, not mtime: a temp file carries its source's old mtime while in progress.
-                        if stat.S_ISREG(st.st_mode) and now - st.st_ctime >= older_than:
-                            os.unlink(entry.path)
-                            removed += 1
-                            freed += st.st_size
-                except OSError:
-                    continue
+    for entry, st in regular_files(root):
+        # ctime, not mtime: a temp file carries its source's old mtime while in progress.
+        if is_temp_name(entry.name) and now - st.st_ctime >= older_than:
+            try:
+                os.unlink(entry.path)
+            except OSError:
+                continue
+            removed += 1
+            freed += st.st_size
     return removed, freed

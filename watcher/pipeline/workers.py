@@ -34,7 +34,7 @@ from watcher.pipeline.transfer import (
 log = get_logger(__name__)
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 60.0
-BATCH_MAX = 32  # files per thread hop and group commit
+BATCH_MAX = 64  # files per thread hop and group commit (no gain measured beyond; larger adds latency)
 
 
 def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:

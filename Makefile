@@ -5,9 +5,9 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-export WATCHER_INBOX ?= ./data/inbox
-export WATCHER_OUTBOX ?= ./data/outbox
-export WATCHER_STATE_DIR ?= ./data/state
+# Embedded defaults of `make run`; an environment variable of the same name wins.
+RUN_ENV := WATCHER_INBOX="$${WATCHER_INBOX:-./data/inbox}" WATCHER_OUTBOX="$${WATCHER_OUTBOX:-./data/outbox}" \
+	WATCHER_STATE_DIR="$${WATCHER_STATE_DIR:-./data/state}"
 
 .PHONY: run test lint typecheck unit deploy-tools bench bench-smoke soak clean
 
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/watcher run
+	$(RUN_ENV) $(BIN)/watcher run
 
 lint: $(STAMP)
 	$(BIN)/ruff check watcher tests bench

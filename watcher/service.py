@@ -19,11 +19,19 @@ from watcher import __version__
 from watcher.config import ConfigError, Settings
 from watcher.http.app import Check, create_app
 from watcher.http.jobs_api import job_routes
+from watcher.http.limits import Limits, header_deadline_protocol  # limits:
 from watcher.jobs import JobService
 from watcher.logging import get_logger
 from watcher.metrics import Metrics, create_metrics
 from watcher.pipeline.intake import Intake, Tracked
-from watcher.pipeline.observer import EventBridge, ObserverChoice, observer_alive, start_observer
+from watcher.pipeline.observer import (
+    EventBridge,
+    ObserverChoice,
+    observer_alive,
+    polling_fallback,
+    start_observer,
+    watch_shortfall,
+)
 from watcher.pipeline.outbox_gate import OutboxGate, outbox_problem
 from watcher.pipeline.rescan import sweep_temp_files
 from watcher.pipeline.workers import WorkerPool
@@ -185,13 +193,24 @@ class Service:
             stale_temp_files_removed=swept,
             settings=s.public_view(),
         )
-        app = create_app(self.metrics.registry, self.readiness, extra_routes=job_routes(self.jobs, s.api_token))
+        app = create_app(
+            self.metrics.registry,
+            self.readiness,
+            extra_routes=job_routes(self.jobs, s.api_token),
+            limits=Limits(s.http_max_connections, s.http_request_timeout),  # limits:
+        )
         server = _EmbeddedServer(
             uvicorn.Config(
                 app,
                 log_config=None,
                 lifespan="off",
-                limit_concurrency=s.http_max_connections,
+                # limits: no uvicorn limit_concurrency. The app's RequestLimits caps requests, with
+                # JSON answers and a budget of their own for the probes. uvicorn's cap would count
+                # idle keep-alive connections too, answer in plain text, and refuse /health/live
+                # along with everything else once it is reached; it does not bound sockets either
+                # (it answers on a connection it has already accepted).
+                limit_concurrency=None,
+                http=header_deadline_protocol(s.http_request_timeout),  # limits: slow request heads too
                 timeout_keep_alive=5,
                 timeout_graceful_shutdown=5,
                 server_header=False,
@@ -221,17 +240,43 @@ class Service:
         so that no event source failure strands files until the next interval rescan.
         """
         s = self.settings
+        ticks = 0
         while not self.stop_event.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), interval)
+            ticks += 1
             choice = self.observer
-            if self.stop_event.is_set() or choice is None or observer_alive(choice.observer):
+            if self.stop_event.is_set() or choice is None:
+                continue
+            if choice.mode == "inotify" and ticks % 6 == 0 and await asyncio.to_thread(self._watches_short):
+                # Folders created since start-up can exhaust fs.inotify.max_user_watches too.
+                log.error(
+                    "observer.inotify_exhausted",
+                    error="fewer inotify watches than folders",
+                    limit_to_raise="fs.inotify.max_user_watches",
+                    mode="polling",
+                )
+                choice.observer.stop()
+                self.observer = await asyncio.to_thread(
+                    polling_fallback,
+                    bridge,
+                    s.inbox,
+                    s.recursive,
+                    "inotify watches exhausted: raise fs.inotify.max_user_watches on the node; polling instead",
+                )
+                await self.rescan()
+                continue
+            if observer_alive(choice.observer):
                 continue
             log.error("observer.died", mode=choice.mode, action="restarting the observer and rescanning")
             with contextlib.suppress(Exception):
                 choice.observer.stop()
             self.observer = await asyncio.to_thread(start_observer, s.observer, s.inbox, s.recursive, bridge)
             await self.rescan()
+
+    def _watches_short(self) -> bool:
+        s = self.settings
+        return bool(watch_shortfall(s.inbox, s.recursive) and watch_shortfall(s.inbox, s.recursive))
 
     async def _startup_scan(self, started: float) -> None:
         found = await self.intake.scan()

@@ -14,6 +14,8 @@ from starlette.routing import BaseRoute
 
 from watcher import __version__
 from watcher.http.errors import EXCEPTION_HANDLERS
+from watcher.http.limits import EXCEPTION_HANDLERS as LIMIT_HANDLERS  # limits:
+from watcher.http.limits import Limits  # limits:
 from watcher.http.openapi import ApiRoute, Health, Operation, Reply, build_openapi, errors
 
 Check = tuple[bool, str]
@@ -30,9 +32,14 @@ def _health_body(checks: dict[str, Check]) -> tuple[int, dict[str, Any]]:
 
 
 def create_app(
-    registry: CollectorRegistry, readiness: ReadinessProbe, extra_routes: Sequence[BaseRoute] = ()
+    registry: CollectorRegistry,
+    readiness: ReadinessProbe,
+    extra_routes: Sequence[BaseRoute] = (),
+    limits: Limits | None = None,
 ) -> Starlette:
-    """Build the app; `readiness` answers the named checks of ``/health/ready``."""
+    """Build the app; `readiness` answers the named checks of ``/health/ready``; `limits` caps
+    concurrent requests and request time (see :mod:`watcher.http.limits`).
+    """
 
     async def live(_: Request) -> Response:
         return JSONResponse({"status": "ok", "checks": {"process": {"ok": True, "detail": "serving requests"}}})
@@ -64,7 +71,13 @@ def create_app(
         return JSONResponse(document)
 
     routes.append(ApiRoute("/openapi.json", {"GET": (openapi, _OPENAPI)}))
-    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
+    # limits: inside Starlette's ServerErrorMiddleware (a bug in it is still a logged JSON 500), outside
+    # the routes and their exception handlers (so the deadline cancels a handler and answers for it).
+    return Starlette(
+        routes=routes,
+        exception_handlers={**EXCEPTION_HANDLERS, **LIMIT_HANDLERS},
+        middleware=[limits.middleware()] if limits is not None else [],
+    )
 
 
 # ---- OpenAPI operations of the core routes ------------------------------------------------------

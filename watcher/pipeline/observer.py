@@ -137,6 +137,47 @@ class ObserverChoice:
     fallback: bool
 
 
+def count_dirs(root: Path, recursive: bool) -> int:
+    """Folders an inotify observer must watch under `root` (itself included; symlinks not followed)."""
+    if not recursive:
+        return 1
+    total, stack = 0, [str(root)]
+    while stack:
+        folder = stack.pop()
+        total += 1
+        try:
+            with os.scandir(folder) as entries:
+                stack.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
+        except OSError:
+            continue
+    return total
+
+
+def inotify_watch_count(proc_self: str = "/proc/self") -> int:
+    """Watches held by this process's inotify instances (from ``fdinfo``)."""
+    total = 0
+    try:
+        fds = os.listdir(f"{proc_self}/fd")
+    except OSError:
+        return 0
+    for fd in fds:
+        try:
+            if os.readlink(f"{proc_self}/fd/{fd}") != "anon_inode:inotify":
+                continue
+            with open(f"{proc_self}/fdinfo/{fd}", encoding="ascii") as handle:
+                total += sum(1 for line in handle if line.startswith("inotify wd:"))
+        except OSError:
+            continue
+    return total
+
+
+def watch_shortfall(inbox: Path, recursive: bool) -> int:
+    """Folders that inotify does not watch. watchdog drops ENOSPC for subfolders silently, so an
+    exhausted ``fs.inotify.max_user_watches`` shows only as fewer watches than folders.
+    """
+    return max(0, count_dirs(inbox, recursive) - inotify_watch_count())
+
+
 def _start(observer: BaseObserver, bridge: EventBridge, inbox: Path, recursive: bool) -> None:
     observer.schedule(bridge, str(inbox), recursive=recursive, event_filter=_EVENT_TYPES)
     observer.start()
@@ -167,6 +208,8 @@ def start_observer(
             # Full events report a rename into the inbox as a move, which proves the file complete.
             observer = InotifyObserver(generate_full_events=True)
             _start(observer, bridge, inbox, recursive)
+            if watch_shortfall(inbox, recursive) and watch_shortfall(inbox, recursive):  # twice: folders come and go
+                raise OSError(errno.ENOSPC, "inotify watch limit reached for part of the tree")
             return ObserverChoice(observer, "inotify", reason, fallback=False)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EMFILE, errno.ENFILE):
@@ -178,6 +221,11 @@ def start_observer(
                 observer.stop()
             return _polling(bridge, inbox, recursive, poll_interval, reason, fallback=True)
     return _polling(bridge, inbox, recursive, poll_interval, reason, fallback=False)
+
+
+def polling_fallback(bridge: EventBridge, inbox: Path, recursive: bool, reason: str) -> ObserverChoice:
+    """Start a polling observer in place of an inotify one that cannot do the job."""
+    return _polling(bridge, inbox, recursive, 1.0, reason, fallback=True)
 
 
 def _polling(

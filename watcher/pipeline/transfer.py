@@ -284,6 +284,10 @@ def _remove_source(src: Path, st: os.stat_result) -> None:
         _unlink_quietly(src)
 
 
+# (device, target folder) pairs where link() answered EXDEV: same filesystem, different mounts.
+_no_link: set[tuple[int, str]] = set()
+
+
 @dataclass
 class _Open:
     """A source opened and checked, on its way to the outbox."""
@@ -299,12 +303,46 @@ class _Open:
     result: TransferResult | None = None
 
 
+class _ThroughSymlink(Exception):
+    """A folder on the way to the file is a symlink (or not a folder at all)."""
+
+
+def open_beneath(src: Path, rel: str) -> int:
+    """Open `src` (= base/rel) read-only, following no symlink anywhere below the base folder.
+
+    ``O_NOFOLLOW`` alone guards only the last name; a folder of the path swapped for a symlink to
+    the outside would still be followed. So each folder is opened with ``O_NOFOLLOW`` relative to
+    the previous one, and the file relative to the last. ``O_NONBLOCK`` keeps a fifo from blocking.
+    """
+    parts = rel.split("/")
+    text = str(src)
+    if any(part in ("", ".", "..") for part in parts) or not text.endswith("/" + rel):
+        raise _ThroughSymlink(rel)
+    base = text[: -len(rel) - 1] or "/"
+    dfd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            try:
+                nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise _ThroughSymlink(rel) from exc
+                raise
+            os.close(dfd)
+            dfd = nfd
+        return os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+
 def _open_source(src: Path, rel: str, root: Path, fsync: bool) -> _Open | TransferResult:
     """Open the source without following symlinks or blocking on fifos, and make its folder."""
     try:
-        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = open_beneath(src, rel)
     except FileNotFoundError:
         return TransferResult(Outcome.VANISHED, reason="gone before pickup")
+    except _ThroughSymlink:
+        return TransferResult(Outcome.SKIPPED, reason="a folder on its path is a symlink")
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return TransferResult(Outcome.SKIPPED, reason="symlink")
@@ -316,7 +354,7 @@ def _open_source(src: Path, rel: str, root: Path, fsync: bool) -> _Open | Transf
             return TransferResult(Outcome.SKIPPED, reason="not a regular file")
         rel_dir, _, name = rel.rpartition("/")
         folder = ensure_dirs(root, rel_dir, fsync)
-        same_fs = os.stat(folder).st_dev == st.st_dev
+        same_fs = os.stat(folder).st_dev == st.st_dev and (st.st_dev, str(folder)) not in _no_link
     except BaseException:
         os.close(fd)
         raise
@@ -335,8 +373,22 @@ def _stage(item: _Open, fsync_each: bool, abort: threading.Event) -> None:
         item.link_from, item.ino = item.temp, (tst.st_dev, tst.st_ino)
 
 
-def _commit(item: _Open, on_conflict: str, fsync_each: bool) -> TransferResult:
+def _commit(item: _Open, on_conflict: str, fsync_each: bool, abort: threading.Event) -> TransferResult:
     """Put the staged bytes under their final name (or find them there already)."""
+    try:
+        return _commit_once(item, on_conflict, fsync_each)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV or not item.same_fs:
+            raise
+    # One filesystem, two mounts (a bind mount, two subPath mounts of one volume): link() refuses
+    # to cross mount points, so this file goes the copy way, flushed on its own.
+    _no_link.add((item.st.st_dev, str(item.dest.parent)))
+    item.same_fs = False
+    _stage(item, True, abort)
+    return _commit_once(item, on_conflict, True)
+
+
+def _commit_once(item: _Open, on_conflict: str, fsync_each: bool) -> TransferResult:
     assert item.link_from is not None
     for _ in range(100):  # another writer may take the name between resolve and link
         target = _resolve_target(item.fd, item.st, item.dest, on_conflict)
@@ -430,7 +482,7 @@ def deliver_batch(
             if isinstance(outcomes[slot], Exception):
                 continue  # the group flush of its copy failed
             try:
-                item.result = _commit(item, on_conflict, fsync_each)
+                item.result = _commit(item, on_conflict, fsync_each, abort)
                 outcomes[slot] = item.result
                 committed.append((slot, item))
             except Exception as exc:  # noqa: BLE001 - reported per item

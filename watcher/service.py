@@ -154,7 +154,9 @@ class Service:
                 f"WATCHER_HTTP_HOST/WATCHER_HTTP_PORT {s.http_host}:{s.http_port} cannot be bound: {exc.strerror}; "
                 "pick a free port"
             ) from exc
-        sock.listen(128)
+        # limits: uvicorn's own default backlog. With 128, a burst of connections waits out SYN
+        # retransmits (1 s, 3 s, 7 s) before the app can even answer 503 to it.
+        sock.listen(2048)
         sock.setblocking(False)
         return sock
 

@@ -10,10 +10,13 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 from watcher.config import Settings, load_settings
 from watcher.metrics import create_metrics
 from watcher.service import Service
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -41,12 +44,16 @@ def make_settings(tmp_path: Path, **overrides: str) -> Settings:
     return load_settings(environ=make_env(tmp_path, **overrides))
 
 
-def wait_until(cond: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> None:
+def wait_until(cond: Callable[[], T], timeout: float = 15.0, what: str = "condition", interval: float = 0.02) -> T:
+    """Poll `cond` until it returns something truthy (returned), or fail naming `what` after `timeout` s."""
     deadline = time.monotonic() + timeout
-    while not cond():
+    while True:
+        value = cond()
+        if value:
+            return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
+        time.sleep(interval)
 
 
 async def await_until(cond: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> None:

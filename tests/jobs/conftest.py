@@ -7,13 +7,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+from tests.helpers import wait_until
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -27,16 +28,7 @@ def free_port() -> int:
         return port
 
 
-def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll `cond` until it returns something truthy (returned), or fail after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
+wait_for = wait_until  # the shared deadline-polling helper, under the name these tests use
 
 
 class Watcher:
@@ -124,7 +116,13 @@ class Watcher:
         count = len(self.runs(job_id)) if before is None else before
         r = self.http.post(f"/jobs/{job_id}/run", headers=AUTH)
         assert r.status_code == 200, r.text
-        runs = wait_for(lambda: (rs := self.runs(job_id)) and len(rs) > count and rs, timeout, f"a run of {job_id}")
+
+        def newer_runs() -> list[dict[str, Any]] | None:
+            runs = self.runs(job_id)
+            return runs if len(runs) > count else None
+
+        runs = wait_for(newer_runs, timeout, f"a run of {job_id}")
+        assert runs  # wait_for returns only a truthy value
         newest: dict[str, Any] = runs[0]
         return newest
 

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +24,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import make_env
+from tests.helpers import make_env, wait_until
 from watcher.pipeline.transfer import is_temp_name
 
 KiB = 1024
@@ -34,13 +34,7 @@ MiB = 1024 * KiB
 # ---- waiting ---------------------------------------------------------------------------------
 
 
-def wait_for(cond: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> None:
-    """Poll `cond` until it is truthy; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+wait_for = wait_until  # the shared deadline-polling helper, under the name these tests use
 
 
 # ---- privileges and machine state ------------------------------------------------------------

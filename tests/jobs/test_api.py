@@ -370,7 +370,8 @@ def test_history_keeps_the_newest_100_runs(watcher: Watcher) -> None:
         assert watcher.http.post(f"/jobs/{job['id']}/run", headers=AUTH).status_code == 200
     metric = f'watcher_job_runs_total{{job="{job["id"]}",outcome="success"}} 101.0'
     wait_for(lambda: metric in watcher.http.get("/metrics").text, 30, "101 runs")
-    runs = wait_for(lambda: (rs := watcher.runs(job["id"])) and len(rs) == 100 and rs, 10, "100 runs kept")
+    wait_for(lambda: len(watcher.runs(job["id"])) == 100, 10, "100 runs kept")
+    runs = watcher.runs(job["id"])
     started = [datetime.fromisoformat(r["started_at"]) for r in runs]
     assert started == sorted(started, reverse=True)
 

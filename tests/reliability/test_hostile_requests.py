@@ -433,7 +433,7 @@ def test_path_traversal_in_ids_is_404_json_and_touches_nothing(watchers: Any, tm
     with httpx.Client(base_url=w.url, timeout=10) as client:
         for path in paths:
             for method in ("GET", "DELETE", "PATCH", "POST"):
-                json_body = {"args": {}} if method == "PATCH" else None
+                json_body: dict[str, object] | None = {"args": {}} if method == "PATCH" else None
                 # httpx would normalise the path: send it exactly as written
                 request = client.build_request(method, path, headers=AUTH, json=json_body)
                 request.url = request.url.copy_with(raw_path=path.encode("ascii"))

@@ -84,7 +84,6 @@ class Service:
         # jobs: the schedule (APScheduler + its store); its `rescan` job replaces an interval loop
         self.jobs = JobService(settings, self.metrics, self.rescan)
         self._signals = 0
-        self.rescans = 0
         self.started = asyncio.Event()  # set once the observer, workers and HTTP are up
 
     # ---- readiness ---------------------------------------------------------------------------
@@ -289,7 +288,6 @@ class Service:
         files it found that nothing had reported.
         """
         found = await self.intake.scan()
-        self.rescans += 1
         if found:
             log.info("rescan.found", files_found=found)
         return found

@@ -14,7 +14,6 @@ import heapq
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from watcher.config import Settings
@@ -334,8 +333,3 @@ class Intake:
         for task in list(self._walks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-def inbox_path(inbox: Path, rel: str) -> Path:
-    """The absolute inbox path of a relative path."""
-    return inbox / rel

@@ -63,6 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG)
     if args.command == "check-config":
+        from watcher.service import prepare_directories
+
+        try:
+            prepare_directories(settings, create=False)
+        except ConfigError as exc:
+            return _fail(str(exc), EXIT_CONFIG)
         sys.stdout.write(render_settings(settings))
         return EXIT_OK
     configure_logging(settings.log_format, settings.log_level)

@@ -39,8 +39,11 @@ from watcher.pipeline.workers import WorkerPool
 log = get_logger(__name__)
 
 
-def prepare_directories(settings: Settings) -> None:
-    """Create the inbox, outbox, state and failed dirs when missing; refuse an inbox that is a file."""
+def prepare_directories(settings: Settings, create: bool = True) -> None:
+    """Create the inbox, outbox, state and failed dirs when missing; refuse a path that is a file.
+
+    With `create=False` (``check-config``) nothing is created; only what exists is checked.
+    """
     named = [
         ("WATCHER_INBOX", settings.inbox),
         ("WATCHER_OUTBOX", settings.outbox),
@@ -50,11 +53,13 @@ def prepare_directories(settings: Settings) -> None:
     for name, path in named:
         if path.exists() and not path.is_dir():
             raise ConfigError(f"{name}={path} is not a directory: point it at a folder")
+        if not create:
+            continue
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"{name}={path} cannot be created: {exc.strerror}; create it or fix permissions") from exc
-    if not os.access(settings.inbox, os.R_OK | os.X_OK):
+    if settings.inbox.exists() and not os.access(settings.inbox, os.R_OK | os.X_OK):
         raise ConfigError(f"WATCHER_INBOX={settings.inbox} is not readable by this user: fix its permissions")
 
 

@@ -22,6 +22,7 @@ def test_version(tmp_path: Path) -> None:
 def test_check_config_prints_masked_settings(tmp_path: Path) -> None:
     result = run_cli(["check-config"], env(tmp_path, WATCHER_API_TOKEN="hunter2-token"), tmp_path)
     assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "in").exists(), "check-config must not create anything"
     assert "hunter2-token" not in result.stdout + result.stderr
     assert 'api_token = "********"' in result.stdout
     assert f'inbox = "{tmp_path / "in"}"' in result.stdout
@@ -58,11 +59,14 @@ def test_missing_inbox_and_bad_toml(tmp_path: Path) -> None:
     assert result.returncode == 2 and "unknown key 'nonsense'" in result.stderr and str(cfg) in result.stderr
 
 
-def test_inbox_that_is_a_file_and_nested_outbox(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_inbox_that_is_a_file_and_nested_outbox(tmp_path: Path, command: str) -> None:
     (tmp_path / "in").write_text("a file")
-    result = run_cli(["run"], env(tmp_path), tmp_path)
+    result = run_cli([command], env(tmp_path), tmp_path)
     assert result.returncode == 2 and "WATCHER_INBOX" in result.stderr and "not a directory" in result.stderr
-    nested = run_cli(["run"], {"WATCHER_INBOX": str(tmp_path / "x"), "WATCHER_OUTBOX": str(tmp_path / "x/o")}, tmp_path)
+    nested = run_cli(
+        [command], {"WATCHER_INBOX": str(tmp_path / "x"), "WATCHER_OUTBOX": str(tmp_path / "x/o")}, tmp_path
+    )
     assert nested.returncode == 2 and "nested" in nested.stderr
 
 

@@ -9,10 +9,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from watcher import __version__
 from watcher.config import ConfigError, Settings, load_settings
@@ -50,8 +54,24 @@ def render_settings(settings: Settings) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _fail(message: str, code: int) -> int:
-    sys.stderr.write(f"watcher: error: {message}\n")
+def _json_errors(command: str, log_format: str | None) -> bool:
+    """Whether a fatal error line on stderr is JSON: with WATCHER_LOG_FORMAT=json, and for `run`
+    under `auto` when stderr is not a terminal, so that a log collector sees only JSON lines.
+    """
+    fmt = (log_format or os.environ.get("WATCHER_LOG_FORMAT") or "auto").strip().lower()
+    return fmt == "json" or (fmt == "auto" and command == "run" and not sys.stderr.isatty())
+
+
+def _fail(message: str, code: int, json_line: bool = False) -> int:
+    """Write the one error line on stderr and return the exit code."""
+    if json_line:
+        line = orjson.dumps(
+            {"event": "watcher.fatal", "level": "error", "error": message, "exit_code": code,
+             "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
+        ).decode()  # fmt: skip
+    else:
+        line = f"watcher: error: {message}"
+    sys.stderr.write(line + "\n")
     return code
 
 
@@ -61,14 +81,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
-        return _fail(str(exc), EXIT_CONFIG)
+        return _fail(str(exc), EXIT_CONFIG, _json_errors(args.command, None))
     if args.command == "check-config":
         from watcher.service import prepare_directories
 
         try:
             prepare_directories(settings, create=False)
         except ConfigError as exc:
-            return _fail(str(exc), EXIT_CONFIG)
+            return _fail(str(exc), EXIT_CONFIG, _json_errors(args.command, settings.log_format))
         sys.stdout.write(render_settings(settings))
         return EXIT_OK
     configure_logging(settings.log_format, settings.log_level)
@@ -78,8 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return asyncio.run(Service(settings).run())
     except ConfigError as exc:
-        log.error("service.config_error", error=str(exc))
-        return _fail(str(exc), EXIT_CONFIG)
+        return _fail(str(exc), EXIT_CONFIG, _json_errors(args.command, settings.log_format))
     except Exception as exc:
         log.critical("service.crashed", error=str(exc), exc_info=exc)
         return EXIT_FATAL

@@ -556,11 +556,19 @@ def test_over_the_cap_answers_503_json_with_retry_after_and_probes_still_answer(
     w = watchers(http_max_connections="2", http_request_timeout="20")
     holders: list[socket.socket] = []
     try:
-        # Slow requests hold the two slots: bodies that never finish.
-        for _ in range(2):
+        # Slow requests hold the two slots: bodies that never finish. The request that started the
+        # service may still be leaving its slot for a moment, so a holder answered at once (503)
+        # is replaced; one that gets no answer within 0.3 s is holding its slot.
+        deadline = time.monotonic() + 15
+        while len(holders) < 2:
+            assert time.monotonic() < deadline, "could not take both slots"
             sock = connect(w)
             auth = "Authorization: Bearer " + TOKEN
             sock.sendall(head("POST", "/jobs", auth, "Content-Type: application/json", "Content-Length: 1000") + b"{")
+            answered, _, _ = select.select([sock], [], [], 0.3)
+            if answered:
+                sock.close()
+                continue
             holders.append(sock)
         wait_for(lambda: w.http.get("/jobs").status_code == 503, 10, "both slots taken")
 

@@ -260,50 +260,29 @@ def job_routes(jobs: JobService, token: SecretStr | None) -> list[ApiRoute]:
                 ),
             },
         ),
-        ApiRoute(
-            "/jobs/{id}/pause",
-            {
-                "POST": (
-                    action(jobs.pause),
-                    _op(
-                        "pauseJob",
-                        "Stop scheduling a job until it is resumed.",
-                        {200: job, **errors(400, *write, 404, 413, 415)},
-                        auth=True,
-                        **path,
-                    ),
-                )
-            },
-        ),
-        ApiRoute(
-            "/jobs/{id}/resume",
-            {
-                "POST": (
-                    action(jobs.resume),
-                    _op(
-                        "resumeJob",
-                        "Schedule a paused job again from now.",
-                        {200: job, **errors(400, *write, 404, 409, 413, 415)},
-                        auth=True,
-                        **path,
-                    ),
-                )
-            },
-        ),
-        ApiRoute(
-            "/jobs/{id}/run",
-            {
-                "POST": (
-                    action(jobs.run_now),
-                    _op(
-                        "runJob",
-                        "Start one run now, beside the schedule; its outcome appears in /runs.",
-                        {200: job, **errors(400, *write, 404, 413, 415)},
-                        auth=True,
-                        **path,
-                    ),
-                )
-            },
+        *(
+            ApiRoute(
+                f"/jobs/{{id}}/{verb}",
+                {
+                    "POST": (
+                        action(handler),
+                        _op(
+                            op_id, summary, {200: job, **errors(400, *write, 404, *extra, 413, 415)}, auth=True, **path
+                        ),
+                    )
+                },
+            )
+            for verb, handler, op_id, summary, extra in (
+                ("pause", jobs.pause, "pauseJob", "Stop scheduling a job until it is resumed.", ()),
+                ("resume", jobs.resume, "resumeJob", "Schedule a paused job again from now.", (409,)),
+                (
+                    "run",
+                    jobs.run_now,
+                    "runJob",
+                    "Start one run now, beside the schedule; its outcome appears in /runs.",
+                    (),
+                ),
+            )
         ),
         ApiRoute(
             "/jobs/{id}/runs",

@@ -24,30 +24,23 @@ from tests.reliability.support import (
     require_root,
     wait_for,
 )
+from watcher.pipeline.observer import inotify_usage
 
 FOLDERS = 200  # other processes (tests running in parallel) hold watches too: keep a wide margin
 
 
-def inotify_usage() -> tuple[int, int]:
-    """(instances, watches) of inotify held by processes of this user right now."""
+def user_inotify_usage() -> tuple[int, int]:
+    """(instances, watches) of inotify held by all processes of this user right now."""
     uid = os.geteuid()
     instances = watches = 0
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             if os.stat(f"/proc/{pid}").st_uid != uid:
                 continue
-            fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:
             continue
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:inotify":
-                    continue
-                with open(f"/proc/{pid}/fdinfo/{fd}", encoding="ascii") as handle:
-                    watches += sum(1 for line in handle if line.startswith("inotify wd:"))
-                instances += 1
-            except OSError:
-                continue
+        i, w = inotify_usage(f"/proc/{pid}")
+        instances, watches = instances + i, watches + w
     return instances, watches
 
 
@@ -77,7 +70,7 @@ def test_inotify_exhausted_falls_back_to_polling(tmp_path: Path, case: str) -> N
     proc = WatcherProcess(env, tmp_path, log_path)
     knob = Sysctl(f"fs.inotify.{limit}")
     try:
-        _, watches = inotify_usage()
+        _, watches = user_inotify_usage()
         knob.set(watches + FOLDERS // 2 if case == "watches_for_tree" else 0)
         proc.start(wait_ready=False)
 

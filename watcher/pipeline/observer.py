@@ -153,29 +153,30 @@ def count_dirs(root: Path, recursive: bool) -> int:
     return total
 
 
-def inotify_watch_count(proc_self: str = "/proc/self") -> int:
-    """Watches held by this process's inotify instances (from ``fdinfo``)."""
-    total = 0
+def inotify_usage(proc_dir: str = "/proc/self") -> tuple[int, int]:
+    """(instances, watches) of inotify held by one process (from its ``fd`` and ``fdinfo``)."""
+    instances = watches = 0
     try:
-        fds = os.listdir(f"{proc_self}/fd")
+        fds = os.listdir(f"{proc_dir}/fd")
     except OSError:
-        return 0
+        return 0, 0
     for fd in fds:
         try:
-            if os.readlink(f"{proc_self}/fd/{fd}") != "anon_inode:inotify":
+            if os.readlink(f"{proc_dir}/fd/{fd}") != "anon_inode:inotify":
                 continue
-            with open(f"{proc_self}/fdinfo/{fd}", encoding="ascii") as handle:
-                total += sum(1 for line in handle if line.startswith("inotify wd:"))
+            with open(f"{proc_dir}/fdinfo/{fd}", encoding="ascii") as handle:
+                watches += sum(1 for line in handle if line.startswith("inotify wd:"))
+            instances += 1
         except OSError:
             continue
-    return total
+    return instances, watches
 
 
 def watch_shortfall(inbox: Path, recursive: bool) -> int:
     """Folders that inotify does not watch. watchdog drops ENOSPC for subfolders silently, so an
     exhausted ``fs.inotify.max_user_watches`` shows only as fewer watches than folders.
     """
-    return max(0, count_dirs(inbox, recursive) - inotify_watch_count())
+    return max(0, count_dirs(inbox, recursive) - inotify_usage()[1])
 
 
 def _start(observer: BaseObserver, bridge: EventBridge, inbox: Path, recursive: bool) -> None:

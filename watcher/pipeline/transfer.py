@@ -335,8 +335,15 @@ def open_beneath(src: Path, rel: str) -> int:
         os.close(dfd)
 
 
-def _open_source(src: Path, rel: str, root: Path, fsync: bool) -> _Open | TransferResult:
-    """Open the source without following symlinks or blocking on fifos, and make its folder."""
+Folders = dict[str, tuple[Path, int]]  # relative folder → (its path in the root, its st_dev)
+
+
+def _open_source(src: Path, rel: str, root: Path, fsync: bool, folders: Folders) -> _Open | TransferResult:
+    """Open the source without following symlinks or blocking on fifos, and make its folder.
+
+    `folders` remembers the target folders made and stat'ed earlier in the same batch, so files that
+    share a folder pay for its checks once.
+    """
     try:
         fd = open_beneath(src, rel)
     except FileNotFoundError:
@@ -353,8 +360,12 @@ def _open_source(src: Path, rel: str, root: Path, fsync: bool) -> _Open | Transf
             os.close(fd)
             return TransferResult(Outcome.SKIPPED, reason="not a regular file")
         rel_dir, _, name = rel.rpartition("/")
-        folder = ensure_dirs(root, rel_dir, fsync)
-        same_fs = os.stat(folder).st_dev == st.st_dev and (st.st_dev, str(folder)) not in _no_link
+        known = folders.get(rel_dir)
+        if known is None:
+            made = ensure_dirs(root, rel_dir, fsync)
+            known = folders[rel_dir] = (made, os.stat(made).st_dev)
+        folder, folder_dev = known
+        same_fs = folder_dev == st.st_dev and (st.st_dev, str(folder)) not in _no_link
     except BaseException:
         os.close(fd)
         raise
@@ -456,9 +467,10 @@ def deliver_batch(
     outcomes: Outcomes = []
     opened: list[_Open] = []
     slots: list[int] = []
+    folders: Folders = {}
     for src, rel in items:
         try:
-            got = _open_source(src, rel, root, fsync)
+            got = _open_source(src, rel, root, fsync, folders)
             if isinstance(got, _Open):
                 opened.append(got)
                 slots.append(len(outcomes))

@@ -8,6 +8,7 @@ succeeds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import stat
@@ -78,6 +79,7 @@ class OutboxGate:
         self._open.set()
         self.reason = ""
         self._prober: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     @property
     def is_open(self) -> bool:
@@ -100,7 +102,10 @@ class OutboxGate:
 
     async def _probe(self) -> None:
         while True:
-            await asyncio.sleep(self.probe_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.probe_interval)
+            if self._stopping.is_set():
+                return
             problem = await asyncio.to_thread(probe_write, self.outbox)
             if problem is None:
                 break
@@ -111,10 +116,9 @@ class OutboxGate:
         log.info("intake.resumed", outbox=str(self.outbox))
 
     async def stop(self) -> None:
-        """Stop probing (shutdown)."""
-        if self._prober is not None and not self._prober.done():
-            self._prober.cancel()
-            try:
-                await self._prober
-            except asyncio.CancelledError:
-                pass
+        """Stop probing (shutdown): the prober waits on this event, never on a bare sleep."""
+        self._stopping.set()
+        if self._prober is not None:
+            _, pending = await asyncio.wait({self._prober}, timeout=5)  # a probe stuck on a dead mount
+            for task in pending:
+                task.cancel()

@@ -13,7 +13,7 @@ import contextlib
 import heapq
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from watcher.config import Settings
@@ -42,11 +42,9 @@ class Tracked:
     first: Snapshot | None = None
     ready_wall: float = 0.0
     attempts: int = 0
-    first_error_wall: float = 0.0
     rerun: bool = False
     counted: bool = False
     due_mono: float = 0.0
-    ino: tuple[int, int] | None = field(default=None, repr=False)
 
 
 class Intake:

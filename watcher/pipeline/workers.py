@@ -186,8 +186,6 @@ class WorkerPool:
 
     async def _failed_attempt(self, item: Tracked, exc: OSError, started: float) -> None:
         item.attempts += 1
-        if not item.first_error_wall:
-            item.first_error_wall = time.time()
         if item.attempts >= self.settings.max_attempts:
             await self._quarantine(item, exc, started)
             return

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from watcher import __version__
-from watcher.config import ConfigError, Settings, load_settings
+from watcher.config import ConfigError, Settings, load_settings, unknown_variables
 from watcher.logging import configure_logging, get_logger
 
 EXIT_OK, EXIT_FATAL, EXIT_CONFIG = 0, 1, 2
@@ -71,8 +71,17 @@ def _fail(message: str, code: int, json_line: bool = False) -> int:
         ).decode()  # fmt: skip
     else:
         line = f"watcher: error: {message}"
-    sys.stderr.write(line + "\n")
+    _stderr(line)
     return code
+
+
+def _stderr(line: str) -> None:
+    """Write one line on stderr; a closed stderr must not turn an exit code into a traceback."""
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,7 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args.config)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG, _json_errors(args.command, None))
+    unknown = unknown_variables()
+    advice = "; ".join(f"{name} (did you mean {near}?)" if near else name for name, near in unknown)
     if args.command == "check-config":
+        if unknown:
+            _stderr(f"watcher: warning: unknown environment variables ignored: {advice}")
         from watcher.service import prepare_directories
 
         try:
@@ -95,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from watcher.service import Service  # imported late: check-config stays light
 
     log = get_logger("watcher.cli")
+    if unknown:
+        log.warning("config.unknown_variables", ignored=[name for name, _ in unknown], advice=advice)
     try:
         return asyncio.run(Service(settings).run())
     except ConfigError as exc:

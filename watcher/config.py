@@ -7,6 +7,7 @@ the user wrote it (the environment variable, or the TOML key and file) and says 
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 import zoneinfo
@@ -96,6 +97,14 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
+    @field_validator("include")
+    @classmethod
+    def _include_something(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # An empty list would start a service that reports ready and silently delivers nothing.
+        if not value:
+            raise ValueError("must name at least one glob; use * to deliver every file")
+        return value
+
     @field_validator("log_level", "log_format", "observer", "on_conflict", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
@@ -144,6 +153,13 @@ class Settings(BaseSettings):
             raise ValueError("state_dir: must not be inside the inbox (its files would be delivered)")
         if self.failed_dir is not None and self.failed_dir.is_relative_to(inbox):
             raise ValueError("failed_dir: must not be inside the inbox (quarantined files would loop)")
+        if self.failed_path.is_relative_to(outbox):
+            # Consumers of the outbox would take quarantined files (and their .error.json) as deliveries.
+            field = "failed_dir" if self.failed_dir is not None else "state_dir"
+            raise ValueError(
+                f"{field}: the failed dir {self.failed_path} must not be inside the outbox "
+                "(consumers would take quarantined files as deliveries); point it elsewhere"
+            )
         return self
 
     @property
@@ -237,6 +253,18 @@ def _using_environ(environ: Mapping[str, str]) -> Iterator[None]:
         yield
     finally:
         _environ.reset(token)
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """``WATCHER_*`` variables that are no setting, each with the closest valid name (or None).
+
+    A mistyped variable is otherwise silently ignored and its default used; the service warns
+    about these once at start-up.
+    """
+    env = os.environ if environ is None else environ
+    valid = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    unknown = sorted(k for k in env if k.upper().startswith(ENV_PREFIX) and k.upper() not in valid)
+    return [(k, next(iter(difflib.get_close_matches(k.upper(), valid, n=1, cutoff=0.6)), None)) for k in unknown]
 
 
 def load_settings(config_file: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:

@@ -8,7 +8,9 @@ renders their records with the same processors. Both write through one locked li
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import sys
 import threading
 from typing import TextIO
@@ -51,25 +53,54 @@ def _orjson_text(_: WrappedLogger, __: str, event_dict: EventDict) -> str:
 
 
 class LineWriter:
-    """Writes whole lines to a stream under one lock, shared by structlog and the stdlib handler."""
+    """Writes whole lines to a stream under one lock, shared by structlog and the stdlib handler.
+
+    Writing never raises: a closed pipe (EPIPE), a dead terminal (EIO) or a full disk (ENOSPC)
+    under the output must not stop the service from delivering, counting or obeying a signal. A
+    line that cannot be written is dropped and counted (:func:`dropped_lines`, exported as
+    ``watcher_log_lines_dropped_total``). Lines go straight to the file descriptor with
+    ``os.write``: Python's buffered stream would keep the failed bytes and raise again on every
+    later flush, including the one at interpreter exit (which turns exit code 0 into 120).
+    """
 
     def __init__(self, stream: TextIO) -> None:
-        """Write to `stream` (bytes through its buffer when it has one)."""
+        """Write to `stream` (its file descriptor when it has one)."""
         self._stream = stream
-        self._buffer = getattr(stream, "buffer", None)
+        try:
+            stream.flush()
+            self._fd: int | None = stream.fileno()
+        except (OSError, ValueError, AttributeError):  # io.StringIO in tests, a closed stream
+            self._fd = None
         self._lock = threading.Lock()
 
     def write(self, line: str | bytes) -> None:
-        """Write one line and flush it, so a crash loses no finished line."""
+        """Write one line (unbuffered, so a crash loses no finished line), or drop and count it."""
+        data = (line.encode("utf-8", "backslashreplace") if isinstance(line, str) else line) + b"\n"
         with self._lock:
-            if self._buffer is not None:
-                self._buffer.write(
-                    (line.encode("utf-8", "backslashreplace") if isinstance(line, str) else line) + b"\n"
-                )
-                self._buffer.flush()
-            else:
-                self._stream.write((line.decode() if isinstance(line, bytes) else line) + "\n")
-                self._stream.flush()
+            try:
+                if self._fd is not None:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(self._fd, view) :]
+                else:
+                    self._stream.write(data.decode("utf-8", "backslashreplace"))
+                    self._stream.flush()
+            except (OSError, ValueError):  # ValueError: the stream was closed
+                _drop()
+
+
+_dropped = itertools.count()
+_dropped_total = 0
+
+
+def _drop() -> None:
+    global _dropped_total
+    _dropped_total = next(_dropped) + 1
+
+
+def dropped_lines() -> int:
+    """Log lines dropped since start because the output could not take them."""
+    return _dropped_total
 
 
 class _WriterLogger:
@@ -94,8 +125,8 @@ class _WriterHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self._writer.write(self.format(record))
-        except Exception:  # noqa: BLE001 - logging must never crash the service
-            self.handleError(record)
+        except Exception:  # noqa: BLE001 - logging must never crash the service, nor print to stderr
+            _drop()
 
 
 def configure_logging(log_format: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -11,9 +12,17 @@ from prometheus_client import (
     Histogram,
     Info,
     ProcessCollector,
+    disable_created_metrics,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from watcher import __version__
+from watcher.logging import dropped_lines
+
+# The `_created` series double the number of series per counter and histogram and no rule or panel
+# reads them. Process-wide by prometheus-client's design; every registry of ours is built here.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Latency runs from sub-millisecond renames to minutes-long copies of big files.
 _LATENCY_BUCKETS = (
@@ -39,7 +48,9 @@ class Metrics:
     events_dropped: Counter
     observer_up: Gauge
     observer_polling: Gauge
-    intake_paused: Gauge
+    delivery_paused: Gauge
+    ready: Gauge
+    ready_check: Gauge
     oldest_pending: Gauge
     pending_files: Gauge
     job_runs: Counter
@@ -66,7 +77,11 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
             registry=reg,
         ),
         files_failed=Counter("watcher_files_failed", "Files moved to the failed dir.", registry=reg),
-        files_retried=Counter("watcher_files_retried", "Transfer attempts that failed and were retried.", registry=reg),
+        files_retried=Counter(
+            "watcher_files_retried",
+            "Failed transfer attempts that will be retried: counts attempts, so one file can count several times.",
+            registry=reg,
+        ),
         bytes_delivered=Counter("watcher_bytes_delivered", "Bytes delivered to the outbox.", registry=reg),
         delivery_latency=Histogram(
             "watcher_delivery_latency_seconds",
@@ -76,7 +91,7 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         ),
         transfer_duration=Histogram(
             "watcher_transfer_duration_seconds",
-            "Time spent transferring one file (all attempts' last one).",
+            "Time spent transferring one file: its own share of its batch (the last attempt).",
             buckets=_LATENCY_BUCKETS,
             registry=reg,
         ),
@@ -93,8 +108,17 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
             "1 when the observer polls (configured, network filesystem or inotify exhausted).",
             registry=reg,
         ),
-        intake_paused=Gauge(
-            "watcher_intake_paused", "1 while intake is paused because the outbox is unusable.", registry=reg
+        delivery_paused=Gauge(
+            "watcher_delivery_paused",
+            "1 while delivery waits because the outbox cannot take files (intake goes on).",
+            registry=reg,
+        ),
+        ready=Gauge("watcher_ready", "1 exactly when /health/ready answers 200.", registry=reg),
+        ready_check=Gauge(
+            "watcher_ready_check",
+            "One series per readiness check of /health/ready: 1 when it passes, 0 when it fails.",
+            ["check"],
+            registry=reg,
         ),
         oldest_pending=Gauge(
             "watcher_oldest_pending_seconds",
@@ -103,17 +127,30 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         ),
         pending_files=Gauge("watcher_pending_files", "Files seen in the inbox but not yet delivered.", registry=reg),
         job_runs=Counter(
-            "watcher_job_runs", "Scheduled job runs by job id and outcome.", ["job", "outcome"], registry=reg
+            "watcher_job_runs", "Scheduled job runs by job id and outcome.", ["job_id", "outcome"], registry=reg
         ),
         job_last_success=Gauge(
             "watcher_job_last_success_timestamp_seconds",
             "Unix time of the last successful run of each job.",
-            ["job"],
+            ["job_id"],
             registry=reg,
         ),
         build_info=Info("watcher_build", "Build information.", registry=reg),
     )
     metrics.build_info.info({"version": __version__})
-    for source in ("event", "rescan"):
+    for source in ("event", "rescan", "startup"):
         metrics.files_discovered.labels(source=source)
+    reg.register(_DroppedLogLines())
     return metrics
+
+
+class _DroppedLogLines(Collector):
+    """``watcher_log_lines_dropped_total``: read from the logging module, which has no registry."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        """Yield the counter of log lines the output could not take."""
+        yield CounterMetricFamily(
+            "watcher_log_lines_dropped",
+            "Log lines dropped because the output could not take them (closed pipe, full disk).",
+            value=dropped_lines(),
+        )

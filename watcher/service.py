@@ -53,12 +53,28 @@ def prepare_directories(settings: Settings, create: bool = True) -> None:
     for name, path in named:
         if path.exists() and not path.is_dir():
             raise ConfigError(f"{name}={path} is not a directory: point it at a folder")
-        if not create:
+    outbox = settings.outbox
+    if not outbox.exists() and not outbox.parent.is_dir():
+        # A typo in a mount path must not deliver into the container's own filesystem.
+        raise ConfigError(
+            f"WATCHER_OUTBOX={outbox}: its parent folder {outbox.parent} does not exist; "
+            "check the path (is the volume mounted?) or create the parent folder"
+        )
+    if not create:
+        return _check_inbox_readable(settings)
+    for name, path in named:
+        if path.is_dir():
             continue
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            path.mkdir(parents=name != "WATCHER_OUTBOX", exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"{name}={path} cannot be created: {exc.strerror}; create it or fix permissions") from exc
+        if name == "WATCHER_OUTBOX":
+            log.info("outbox.created", outbox=str(path), reason="it did not exist; its parent folder does")
+    _check_inbox_readable(settings)
+
+
+def _check_inbox_readable(settings: Settings) -> None:
     if settings.inbox.exists() and not os.access(settings.inbox, os.R_OK | os.X_OK):
         raise ConfigError(f"WATCHER_INBOX={settings.inbox} is not readable by this user: fix its permissions")
 
@@ -125,23 +141,35 @@ class Service:
             )
         checks.update(await asyncio.to_thread(fs_checks))
         checks["schedule_store"] = await self.jobs.check()
+        outbox_ok, outbox_detail = checks["outbox"]
+        if not outbox_ok and self.gate.is_open and self.started.is_set():
+            self.gate.close(outbox_detail)  # readiness saw it first: delivery waits at once
         if self.gate.is_open:
-            checks["intake"] = (not self.stopping, "shutting down" if self.stopping else "accepting files")
+            checks["delivery"] = (not self.stopping, "shutting down" if self.stopping else "delivering files")
         else:
-            checks["intake"] = (False, f"paused: {self.gate.reason}")
+            checks["delivery"] = (False, f"paused: {self.gate.reason}")
+        self._export_readiness(checks)
         return checks
+
+    def _export_readiness(self, checks: dict[str, Check]) -> None:
+        """Make the metrics say what /health/ready says (it is computed before every scrape too)."""
+        m = self.metrics
+        for name, (passed, _) in checks.items():
+            m.ready_check.labels(check=name).set(1.0 if passed else 0.0)
+        m.ready.set(1.0 if all(passed for passed, _ in checks.values()) else 0.0)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
     def request_stop(self) -> None:
         """First SIGTERM/SIGINT: graceful stop. A second one: abort in-flight copies at once."""
+        # Act first, then log: a stop must never depend on the log output working.
         self._signals += 1
         if self._signals == 1:
-            log.info("service.stopping", reason="signal")
             self.stop_event.set()
+            log.info("service.stopping", reason="signal")
         else:
-            log.warning("service.stopping_now", reason="second signal: interrupting transfers")
             self.workers.abort.set()
+            log.warning("service.stopping_now", reason="second signal: interrupting transfers")
 
     def _bind(self) -> socket.socket:
         s = self.settings
@@ -229,6 +257,7 @@ class Service:
             asyncio.create_task(self._supervise_observer(bridge), name="observer-supervisor"),
         ]
         self.workers.start()
+        self.gate.start()
         http = asyncio.create_task(server.serve(sockets=[sock]), name="http")
         try:
             # jobs: after the pipeline, since a job that fell due while we were down may run at once
@@ -285,7 +314,7 @@ class Service:
         return bool(watch_shortfall(s.inbox, s.recursive) and watch_shortfall(s.inbox, s.recursive))
 
     async def _startup_scan(self, started: float) -> None:
-        found = await self.intake.scan()
+        found = await self.intake.scan(source="startup")
         log.info("rescan.startup_done", files_found=found, seconds=round(time.monotonic() - started, 3))
 
     async def rescan(self) -> int:

@@ -82,7 +82,7 @@ def test_the_required_views_are_there(dashboard: dict[str, Any]) -> None:
         "watcher_job_runs_total",
         "watcher_observer_up",
         "watcher_observer_polling",
-        "watcher_intake_paused",
+        "watcher_delivery_paused",
     ):
         assert re.search(rf"\b{metric}\b", text), f"no panel shows {metric}"
     assert 'source="rescan"' in text

@@ -305,7 +305,7 @@ def test_prometheus_operator_component(rendered: dict[str, list[dict[str, Any]]]
     endpoints = monitor["spec"]["endpoints"]
     assert [(e["port"], e["path"]) for e in endpoints] == [("http", "/metrics")]
     assert endpoints[0]["port"] in {p["name"] for p in service["spec"]["ports"]}
-    assert not endpoints[0].get("honorLabels", False), "rules.yml expects the service's job label as exported_job"
+    assert not endpoints[0].get("honorLabels", False), "honor_labels is not needed: the service exports no target label"
 
     rule = one(objects, "PrometheusRule")
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"

@@ -30,8 +30,6 @@ STOP_TIMEOUT = 20.0
 
 # Labels that Prometheus attaches to every scraped series (target labels), not the service.
 TARGET_LABELS = {"job", "instance", "namespace", "pod", "service", "container", "endpoint", "node"}
-# A label the service calls `job` collides with the target label and is stored as `exported_job`.
-RENAMED_LABELS = {"exported_job": "job"}
 # Metrics that Prometheus makes itself.
 SYNTHETIC_METRICS = {"up", "scrape_duration_seconds", "scrape_samples_scraped", "scrape_series_added"}
 
@@ -234,7 +232,6 @@ def check(found: list[Selector], scrape: Scrape) -> list[str]:
         if not label_sets:
             continue  # declared, no label set used yet: nothing to compare labels with
         for label, op, value in sel.matchers:
-            label = RENAMED_LABELS.get(label, label)
             if label in TARGET_LABELS or label == "__name__":
                 continue
             if not any(label in labels for labels in label_sets):
@@ -292,5 +289,22 @@ def test_dashboard_uses_only_exposed_metrics(scrape: Scrape, dashboard: dict[str
 
 def test_scrape_has_the_service_metrics(scrape: Scrape) -> None:
     assert scrape.samples["watcher_build_info"][0]["version"]
-    assert {"event", "rescan"} <= {labels["source"] for labels in scrape.samples["watcher_files_discovered_total"]}
+    assert {"event", "rescan", "startup"} <= {
+        labels["source"] for labels in scrape.samples["watcher_files_discovered_total"]
+    }
     assert "process_resident_memory_bytes" in scrape.samples
+    # What /health/ready says is a metric too: one series per check, and the overall verdict.
+    checks = {labels["check"] for labels in scrape.samples["watcher_ready_check"]}
+    assert {"observer", "inbox", "outbox", "state_dir", "schedule_store", "delivery"} <= checks
+    assert scrape.samples["watcher_ready"] == [{}]
+    assert "watcher_log_lines_dropped_total" in scrape.samples
+
+
+def test_scrape_has_no_target_label_and_no_created_series(scrape: Scrape) -> None:
+    # A service label named like a target label (`job`, `instance`) is renamed to exported_* by
+    # Prometheus, or overwrites the target's with honor_labels.
+    clashes = {
+        f"{name}{{{label}}}" for name, sets in scrape.samples.items() for labels in sets for label in labels
+    } & {f"{name}{{{label}}}" for name in scrape.samples for label in TARGET_LABELS}
+    assert not clashes
+    assert not [name for name in scrape.samples if name.endswith("_created")]

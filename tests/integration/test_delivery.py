@@ -220,8 +220,8 @@ def test_outbox_replaced_by_a_file_then_recovered(tmp_path: Path) -> None:
                 body = response.json()
                 assert body["status"] == "fail"
                 assert "not a directory" in body["checks"]["outbox"]["detail"]
-                assert "paused" in body["checks"]["intake"]["detail"]
-                assert metric_value(service, "watcher_intake_paused") == 1
+                assert "paused" in body["checks"]["delivery"]["detail"]
+                assert metric_value(service, "watcher_delivery_paused") == 1
                 settings.outbox.unlink()
                 settings.outbox.mkdir()
                 await await_until(lambda: (settings.outbox / "waiting.txt").exists(), 15, "delivery resumed")

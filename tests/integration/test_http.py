@@ -42,7 +42,7 @@ def test_health_metrics_and_errors(tmp_path: Path) -> None:
                 ready = await client.get("/health/ready")
                 body = ready.json()
                 assert ready.status_code == 200 and body["status"] == "ok", body
-                assert {"observer", "inbox", "outbox", "state_dir", "intake"} <= body["checks"].keys()
+                assert {"observer", "inbox", "outbox", "state_dir", "delivery"} <= body["checks"].keys()
                 assert all(set(c) == {"ok", "detail"} for c in body["checks"].values())
 
                 text = await client.get("/metrics")

@@ -138,14 +138,14 @@ def test_create_list_get_patch_pause_resume_run_delete(watcher: Watcher) -> None
     assert datetime.fromisoformat(run["finished_at"]) >= datetime.fromisoformat(run["started_at"])
 
     metrics = http.get("/metrics").text
-    assert 'watcher_job_runs_total{job="life",outcome="success"} 1.0' in metrics
-    assert 'watcher_job_last_success_timestamp_seconds{job="life"}' in metrics
+    assert 'watcher_job_runs_total{job_id="life",outcome="success"} 1.0' in metrics
+    assert 'watcher_job_last_success_timestamp_seconds{job_id="life"}' in metrics
 
     r = http.delete("/jobs/life", headers=AUTH)
     assert r.status_code == 204 and r.content == b""
     assert error(http.get("/jobs/life"), 404)["code"] == "not_found"
     error(http.get("/jobs/life/runs"), 404)
-    assert 'job="life"' not in http.get("/metrics").text
+    assert 'job_id="life"' not in http.get("/metrics").text
     for method, path in [
         ("PATCH", "/jobs/life"),
         ("DELETE", "/jobs/life"),
@@ -368,7 +368,7 @@ def test_history_keeps_the_newest_100_runs(watcher: Watcher) -> None:
     job = watcher.create({"kind": "purge", "trigger": CRON, "args": PURGE})
     for _ in range(101):
         assert watcher.http.post(f"/jobs/{job['id']}/run", headers=AUTH).status_code == 200
-    metric = f'watcher_job_runs_total{{job="{job["id"]}",outcome="success"}} 101.0'
+    metric = f'watcher_job_runs_total{{job_id="{job["id"]}",outcome="success"}} 101.0'
     wait_for(lambda: metric in watcher.http.get("/metrics").text, 30, "101 runs")
     wait_for(lambda: len(watcher.runs(job["id"])) == 100, 10, "100 runs kept")
     runs = watcher.runs(job["id"])

@@ -101,5 +101,5 @@ def test_a_run_missed_by_more_than_the_grace_time_is_recorded_as_missed(
     assert [r["outcome"] for r in runs] == ["missed"]
     assert datetime.fromisoformat(runs[0]["started_at"]) == due
     assert "3600 s" in runs[0]["error"]
-    assert 'watcher_job_runs_total{job="yearly",outcome="missed"} 1.0' in w.http.get("/metrics").text
+    assert 'watcher_job_runs_total{job_id="yearly",outcome="missed"} 1.0' in w.http.get("/metrics").text
     assert datetime.fromisoformat(w.http.get("/jobs/yearly").json()["next_run_time"]) > datetime.now(UTC)

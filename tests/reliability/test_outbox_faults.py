@@ -97,10 +97,10 @@ def full_disk(tmp_path: Path, rounds: int, files_per_round: int) -> None:
                     await await_until(lambda: not service.gate.is_open, 30, "intake paused")
                     status, body = await get_ready(client, settings)
                     assert status == 503 and body["status"] == "fail"
-                    details = check_detail(body, "outbox") + " " + check_detail(body, "intake")
+                    details = check_detail(body, "outbox") + " " + check_detail(body, "delivery")
                     assert "space" in details.lower(), details
-                    assert "paused" in check_detail(body, "intake")
-                    assert metric_value(service, "watcher_intake_paused") == 1
+                    assert "paused" in check_detail(body, "delivery")
+                    assert metric_value(service, "watcher_delivery_paused") == 1
                     # Nothing quarantined, nothing truncated; the files wait in the inbox.
                     assert count_files(settings.failed_path) == 0
                     assert metric_value(service, "watcher_files_failed_total") == 0
@@ -188,7 +188,7 @@ def test_unusable_outbox_pauses_and_recovers(tmp_path: Path, kind: str) -> None:
                 await await_until(lambda: not service.gate.is_open, 15, "intake paused")
                 status, body = await get_ready(client, settings)
                 assert status == 503, body
-                details = (check_detail(body, "outbox") + " " + check_detail(body, "intake")).lower()
+                details = (check_detail(body, "outbox") + " " + check_detail(body, "delivery")).lower()
                 assert REASONS[kind] in details, details
                 assert count_files(settings.failed_path) == 0, "a file was quarantined for the outbox's fault"
                 assert count_files(settings.inbox) > 0

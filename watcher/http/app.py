@@ -49,7 +49,9 @@ def create_app(
         return JSONResponse(body, status_code=status)
 
     async def metrics(request: Request) -> Response:
-        # Rendered on the loop: gauges read pipeline state that only the loop may touch.
+        # The readiness checks run first, so watcher_ready and watcher_ready_check say exactly what
+        # /health/ready would answer now. Rendered on the loop: gauges read loop-only state.
+        await readiness()
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
         return Response(encoder(registry), media_type=content_type)
 
@@ -87,7 +89,7 @@ _LIVE = Operation(
 )
 _READY = Operation(
     "ready",
-    "200 when every check passes (observer, inbox, outbox, state dir, schedule store, intake); 503 otherwise.",
+    "200 when every check passes (observer, inbox, outbox, state dir, schedule store, delivery); 503 otherwise.",
     {200: Reply("Ready.", Health), 503: Reply("Not ready: a check failed.", Health), 500: errors()[500]},
     tag="health",
 )

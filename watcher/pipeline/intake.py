@@ -27,7 +27,7 @@ from watcher.pipeline.writers import open_for_writing
 
 log = get_logger(__name__)
 
-Source = Literal["event", "rescan"]
+Source = Literal["event", "rescan", "startup"]
 State = Literal["settling", "queued", "running", "retrying"]
 
 

@@ -1,8 +1,10 @@
-"""The outbox gate: intake pauses while the outbox cannot take files, and opens by itself again.
+"""The outbox gate: delivery pauses while the outbox cannot take files, and resumes by itself.
 
 A full disk or an unusable outbox is not a file's fault, so no attempt is charged: workers wait at
-the gate, readiness reports the reason, and a probe writes a small file every few seconds until it
-succeeds.
+the gate (intake goes on finding and queueing files), readiness reports the reason, and a probe
+writes a small file every few seconds until it succeeds. The gate does not wait for a delivery to
+fail: while open it looks at the outbox on the same interval (a stat and a statvfs), so an outbox
+that breaks with no traffic shows in readiness and ``watcher_delivery_paused`` at once.
 """
 
 from __future__ import annotations
@@ -79,46 +81,64 @@ class OutboxGate:
         self._open.set()
         self.reason = ""
         self._prober: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
     @property
     def is_open(self) -> bool:
-        """True while intake is not paused."""
+        """True while delivery is not paused."""
         return self._open.is_set()
+
+    def start(self) -> None:
+        """Start looking at the outbox while the gate is open (on the running loop)."""
+        self._watcher = asyncio.create_task(self._watch(), name="outbox-gate")
+
+    async def _watch(self) -> None:
+        while not await self._stopped_within(self.probe_interval):
+            if not self._open.is_set():
+                continue
+            problem = await asyncio.to_thread(outbox_problem, self.outbox)
+            if problem is not None and not self._stopping.is_set():
+                self.close(problem)
+
+    async def _stopped_within(self, seconds: float) -> bool:
+        """Wait up to `seconds` for stop(); True once stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return self._stopping.is_set()
 
     async def wait_open(self) -> None:
         """Return when deliveries may run."""
         await self._open.wait()
 
     def close(self, reason: str) -> None:
-        """Pause intake because of `reason`, and start probing the outbox."""
+        """Pause delivery because of `reason`, and start probing the outbox."""
         self.reason = reason
         if not self._open.is_set():
             return
         self._open.clear()
-        self.metrics.intake_paused.set(1)
-        log.error("intake.paused", reason=reason, action="free space or fix the outbox; delivery resumes by itself")
+        self.metrics.delivery_paused.set(1)
+        log.error("delivery.paused", reason=reason, action="free space or fix the outbox; delivery resumes by itself")
         self._prober = asyncio.create_task(self._probe())
 
     async def _probe(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.probe_interval)
-            if self._stopping.is_set():
+            if await self._stopped_within(self.probe_interval):
                 return
             problem = await asyncio.to_thread(probe_write, self.outbox)
             if problem is None:
                 break
             self.reason = problem
         self.reason = ""
-        self.metrics.intake_paused.set(0)
+        self.metrics.delivery_paused.set(0)
         self._open.set()
-        log.info("intake.resumed", outbox=str(self.outbox))
+        log.info("delivery.resumed", outbox=str(self.outbox))
 
     async def stop(self) -> None:
         """Stop probing (shutdown): the prober waits on this event, never on a bare sleep."""
         self._stopping.set()
-        if self._prober is not None:
-            _, pending = await asyncio.wait({self._prober}, timeout=5)  # a probe stuck on a dead mount
+        tasks = {task for task in (self._prober, self._watcher) if task is not None}
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=5)  # a probe stuck on a dead mount
             for task in pending:
                 task.cancel()

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.proc import run_cli
+from tests.e2e.proc import WatcherProcess, run_cli
+from tests.helpers import make_env
 from watcher import __version__
 
 
@@ -80,3 +81,45 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         result = run_cli(["run"], env(tmp_path, WATCHER_HTTP_PORT=str(port), WATCHER_LOG_FORMAT="json"), tmp_path)
     assert result.returncode == 2
     assert "WATCHER_HTTP_PORT" in result.stderr and "pick a free port" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ({"WATCHER_INCLUDE": ""}, "WATCHER_INCLUDE"),
+        ({"WATCHER_INCLUDE": " , "}, "WATCHER_INCLUDE"),
+        ({"WATCHER_FAILED_DIR": "{tmp}/out/failed"}, "WATCHER_FAILED_DIR"),
+        ({"WATCHER_STATE_DIR": "{tmp}/out/state"}, "WATCHER_STATE_DIR"),
+        ({"WATCHER_OUTBOX": "{tmp}/not-mounted/out"}, "WATCHER_OUTBOX"),
+    ],
+)
+def test_configuration_traps_exit_2_naming_the_setting(
+    tmp_path: Path, command: str, extra: dict[str, str], needle: str
+) -> None:
+    settings = env(tmp_path, **{k: v.format(tmp=tmp_path) for k, v in extra.items()})
+    result = run_cli([command], settings, tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    # Nothing is made where a typo points: not the outbox, nor its missing parent.
+    assert not (tmp_path / "not-mounted").exists()
+
+
+def test_missing_outbox_whose_parent_exists_is_created_and_said(tmp_path: Path) -> None:
+    settings = make_env(tmp_path)
+    proc = WatcherProcess(settings, tmp_path, tmp_path / "log").start()
+    try:
+        assert (tmp_path / "outbox").is_dir()
+        created = [e for e in proc.json_events() if e["event"] == "outbox.created"]
+        assert created and created[0]["outbox"] == str(tmp_path / "outbox")
+    finally:
+        assert proc.terminate(30) == 0
+
+
+def test_unknown_variables_get_one_warning_with_the_closest_name(tmp_path: Path) -> None:
+    result = run_cli(["check-config"], env(tmp_path, WATCHER_WORKES="8", WATCHER_NONSENSE="1"), tmp_path)
+    assert result.returncode == 0
+    lines = [line for line in result.stderr.splitlines() if "unknown" in line]
+    assert len(lines) == 1
+    assert "WATCHER_WORKES (did you mean WATCHER_WORKERS?)" in lines[0] and "WATCHER_NONSENSE" in lines[0]

@@ -7,6 +7,7 @@ behave the same; the API renders them with the offset of WATCHER_TIMEZONE.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,6 @@ from sqlalchemy import (
     delete,
     insert,
     select,
-    text,
 )
 
 KEEP_PER_JOB = 100
@@ -40,6 +40,13 @@ runs_table = Table(
     Column("outcome", Unicode(16), nullable=False),
     Column("error", UnicodeText, nullable=True),
     Column("detail", JSON, nullable=True),
+)
+
+# Readiness writes one row here and rolls it back: proof that the store takes writes, leaving no trace.
+probe_table = Table(
+    "watcher_store_probe",
+    metadata,
+    Column("checked_at", Float(25), nullable=False),
 )
 
 
@@ -67,10 +74,18 @@ class RunHistory:
         """Create the table when missing."""
         metadata.create_all(self.engine)
 
-    def ping(self) -> None:
-        """One round trip to the database (readiness)."""
+    def probe_write(self) -> None:
+        """Write a row in a transaction that is rolled back (readiness); raises when the store refuses.
+
+        A ``SELECT 1`` passes on a SQLite file whose folder is unwritable (SQLite cannot create its
+        journal there, so every write fails) and says nothing about a read-only replica; a write
+        that changes a page does, and the rollback leaves no row behind.
+        """
         with self.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+            try:
+                conn.execute(insert(probe_table).values(checked_at=time.time()))
+            finally:
+                conn.rollback()
 
     def record(self, run: Run) -> None:
         """Insert `run` and drop the job's runs beyond the newest `keep`, in one transaction."""

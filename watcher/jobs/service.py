@@ -13,6 +13,16 @@ Defaults of every job: ``coalesce`` (runs missed while the service was down coll
 ``max_instances=1`` (a job never overlaps itself; run-now waits for a running instance), and a
 misfire grace time of one hour (a restart within the hour still runs a job that fell due while the
 service was down; a run later than that is recorded as ``missed``).
+
+Store outages (an unwritable state dir, a locked SQLite file, a restarted PostgreSQL) never stop the
+schedule: :class:`~watcher.jobs.scheduler.ResilientScheduler` retries every
+:data:`STORE_RETRY_SECONDS` and reports each run that could not happen as an ``error`` run; a watchdog
+re-arms a scheduler whose wake-up failed anyway; and the ``schedule_store`` readiness check fails
+while the store refuses a write or the scheduler's last wake-up met a store error.
+
+Built-in jobs, present from start-up: ``rescan`` (follows WATCHER_RESCAN_INTERVAL at each start) and
+a paused ``retry_failed`` (created when missing, otherwise left as the operator made it), so the advice
+in every ``.error.json`` (``POST /jobs/retry_failed/run``) works on a fresh service.
 """
 
 from __future__ import annotations
@@ -32,8 +42,7 @@ from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExe
 from apscheduler.executors.asyncio import AsyncIOExecutor
 from apscheduler.job import Job
 from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
-from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.base import BaseTrigger
 from pydantic import ValidationError
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
@@ -45,19 +54,23 @@ from watcher.jobs.errors import InvalidJob, JobConflict, JobNotFound, SchedulerU
 from watcher.jobs.history import Run, RunHistory
 from watcher.jobs.kinds import KINDS, KindContext, KindFailed
 from watcher.jobs.runner import RUN_JOB_REF, run_job
+from watcher.jobs.scheduler import ResilientScheduler, ScheduleStore
 from watcher.jobs.specs import ARGS_MODELS, JobPatch, NewJob, field_errors
-from watcher.jobs.triggers import compile_trigger, rescan_trigger, tidy_numbers
+from watcher.jobs.triggers import compile_trigger, rescan_trigger, retry_failed_trigger, tidy_numbers
 from watcher.logging import get_logger
 from watcher.metrics import Metrics
 
 log = get_logger(__name__)
 
 RESCAN_JOB_ID = "rescan"
+RETRY_FAILED_JOB_ID = "retry_failed"
 MISFIRE_GRACE_SECONDS = 3600
 JOB_DEFAULTS: dict[str, Any] = {"coalesce": True, "max_instances": 1, "misfire_grace_time": MISFIRE_GRACE_SECONDS}
 OUTCOMES = ("success", "error", "missed")
 STOP_TIMEOUT = 5.0
 READY_TIMEOUT = 3.0
+STORE_RETRY_SECONDS = 5.0  # a wake-up that met a store error tries again this soon
+WATCHDOG_SECONDS = 5.0  # how often the watchdog looks for a scheduler with no wake-up pending
 
 
 class ScheduleStoreError(RuntimeError):
@@ -99,13 +112,19 @@ class JobService:
         )
         self.engine: Engine | None = None
         self.history: RunHistory | None = None
-        self.scheduler: AsyncIOScheduler | None = None
+        self.scheduler: ResilientScheduler | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._running: set[asyncio.Task[Any]] = set()
         self._active: dict[str, int] = {}  # job id → runs in progress (a one-off job leaves the store first)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._deleted: set[str] = set()
+        self._stopping = asyncio.Event()
+        self._probe: asyncio.Future[None] | None = None  # the readiness write probe in flight
+        # The scheduler's own view of the store: since when its wake-ups fail, and why.
+        self._store_failing_since: float | None = None
+        self._store_error = ""
+        self._runs_not_run = 0
 
     # ---- life cycle --------------------------------------------------------------------------
 
@@ -131,12 +150,16 @@ class JobService:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self.abort.clear()
-        scheduler = AsyncIOScheduler(
-            jobstores={"default": SQLAlchemyJobStore(engine=self.engine)},
+        self._stopping.clear()
+        self._store_failing_since = None
+        scheduler = ResilientScheduler(
+            self,
+            jobstores={"default": ScheduleStore(engine=self.engine)},
             executors={"default": AsyncIOExecutor()},
             job_defaults=JOB_DEFAULTS,
             timezone=self.tz,
             event_loop=loop,
+            jobstore_retry_interval=STORE_RETRY_SECONDS,
         )
         scheduler.add_listener(self._on_event, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
         # Our `job.run` line says what a run did; APScheduler's two info lines per run would only
@@ -156,10 +179,11 @@ class JobService:
         for job_id in jobs:
             self._init_metrics(job_id)
         scheduler.resume()
+        self._spawn(self._watchdog(scheduler))
         log.info("jobs.started", store=self.store_name, jobs=len(jobs), rescan_interval=self.settings.rescan_interval)
 
-    def _prepare_store(self, scheduler: AsyncIOScheduler) -> list[str]:
-        """Drop stored jobs that are not ours; (re)create or remove `rescan` (blocking)."""
+    def _prepare_store(self, scheduler: ResilientScheduler) -> list[str]:
+        """Drop stored jobs that are not ours; (re)create or remove `rescan`; ensure `retry_failed` (blocking)."""
         for job in scheduler.get_jobs():
             spec = job.kwargs.get("spec") if isinstance(job.kwargs, dict) else None
             if job.func_ref != RUN_JOB_REF or not isinstance(spec, dict) or spec.get("kind") not in KINDS:
@@ -167,28 +191,42 @@ class JobService:
                 scheduler.remove_job(job.id)
         interval = self.settings.rescan_interval
         if interval > 0:
-            trigger, trigger_spec = rescan_trigger(interval, self.tz)
-            spec = {"kind": "rescan", "args": {}, "trigger": trigger_spec}
-            scheduler.add_job(
-                run_job,
-                trigger=trigger,
-                id=RESCAN_JOB_ID,
-                name=RESCAN_JOB_ID,
-                kwargs={"job_id": RESCAN_JOB_ID, "spec": spec},
-                replace_existing=True,  # WATCHER_RESCAN_INTERVAL is the source of truth at each start
-                **JOB_DEFAULTS,
-            )
+            # WATCHER_RESCAN_INTERVAL is the source of truth at each start: always replaced
+            _add_builtin(scheduler, RESCAN_JOB_ID, "rescan", *rescan_trigger(interval, self.tz))
         else:
             with contextlib.suppress(JobLookupError):
                 scheduler.remove_job(RESCAN_JOB_ID)
             assert self.history is not None
             self.history.delete(RESCAN_JOB_ID)
+        self._ensure_retry_failed(scheduler)
         return sorted(job.id for job in scheduler.get_jobs())
+
+    def _ensure_retry_failed(self, scheduler: ResilientScheduler) -> None:
+        """Create the paused built-in `retry_failed` job when it is missing (blocking).
+
+        Every `.error.json` and runbook says ``POST /jobs/retry_failed/run``, so the id must exist on
+        any service. An existing job of that kind is the operator's (resumed, re-timed): left as it
+        is. One of another kind (created by hand before this job was built in) would make that
+        advice do something else, so it is replaced, and the log says so.
+        """
+        job = scheduler.get_job(RETRY_FAILED_JOB_ID)
+        if job is not None:
+            if job.kwargs["spec"]["kind"] == "retry_failed":
+                return
+            log.warning(
+                "jobs.builtin_replaced",
+                job=RETRY_FAILED_JOB_ID,
+                kind=job.kwargs["spec"]["kind"],
+                reason="the id is reserved for the built-in retry_failed job that quarantine advice names",
+            )
+        # paused (no next run time): runs only when asked (POST /jobs/retry_failed/run) or resumed
+        _add_builtin(scheduler, RETRY_FAILED_JOB_ID, "retry_failed", *retry_failed_trigger(self.tz), next_run_time=None)
 
     async def stop(self) -> None:
         """Stop scheduling, interrupt running jobs (bounded), record them, close the store."""
         scheduler, self.scheduler = self.scheduler, None
         self.abort.set()
+        self._stopping.set()
         if scheduler is not None and scheduler.running:
             scheduler.shutdown(wait=False)
             # AsyncIOScheduler.shutdown() only queues the real shutdown on the loop with
@@ -209,16 +247,80 @@ class JobService:
         log.info("jobs.stopped", interrupted=len(pending))
 
     async def check(self) -> tuple[bool, str]:
-        """The ``schedule_store`` readiness check: the scheduler runs and the database answers."""
-        if self.scheduler is None or self.history is None:
+        """The ``schedule_store`` readiness check: the schedule is armed and the store takes a write.
+
+        The write is rolled back (:meth:`RunHistory.probe_write`) and bounded by READY_TIMEOUT; at most
+        one is in flight, so probes against a hanging database do not pile up threads.
+        """
+        scheduler, history = self.scheduler, self.history
+        if scheduler is None or history is None:
             return False, "scheduler not running"
+        if scheduler.stalled:
+            return False, "the schedule has stopped: no wake-up is pending (the watchdog re-arms it)"
+        probe = self._probe
+        if probe is None or probe.done():
+            probe = self._probe = asyncio.ensure_future(asyncio.to_thread(history.probe_write))
         try:
-            await asyncio.wait_for(asyncio.to_thread(self.history.ping), READY_TIMEOUT)
+            await asyncio.wait_for(asyncio.shield(probe), READY_TIMEOUT)
         except TimeoutError:
-            return False, f"{self.store_name} did not answer within {READY_TIMEOUT:g} s"
-        except Exception as exc:  # noqa: BLE001 - any driver error means "not reachable"
-            return False, f"{self.store_name} unreachable: {type(exc).__name__}"
-        return True, f"{self.store_name} reachable"
+            return False, f"{self.store_name} did not take a write within {READY_TIMEOUT:g} s"
+        except Exception as exc:  # noqa: BLE001 - any driver error means "not writable"
+            return False, f"{self.store_name} refuses writes: {_first_line(exc)}"
+        if self._store_failing_since is not None:
+            # The probe passed, but the scheduler's last wake-up did not: ready again after its next one.
+            since = time.time() - self._store_failing_since
+            return False, (
+                f"{self.store_name}: the scheduler's wake-ups fail since {since:.0f} s ({self._store_error}); "
+                f"retrying every {STORE_RETRY_SECONDS:g} s"
+            )
+        return True, f"{self.store_name} writable"
+
+    # ---- store outages (StoreListener, called on the loop by the scheduler) --------------------
+
+    def store_failed(self, error: Exception) -> None:
+        """A scheduler wake-up met a store error: fail readiness, log once per outage."""
+        self._store_error = _first_line(error)
+        if self._store_failing_since is None:
+            self._store_failing_since = time.time()
+            log.error(
+                "jobs.store_failed",
+                store=self.store_name,
+                error=self._store_error,
+                retry_seconds=STORE_RETRY_SECONDS,
+                action="scheduled runs wait until the store takes writes again; readiness fails meanwhile",
+            )
+
+    def store_ok(self) -> None:
+        """A scheduler wake-up used the store: the outage, if any, is over."""
+        since = self._store_failing_since
+        if since is None:
+            return
+        self._store_failing_since = None
+        log.info(
+            "jobs.store_recovered",
+            store=self.store_name,
+            seconds=round(time.time() - since, 1),
+            runs_not_run=self._runs_not_run,
+        )
+        self._runs_not_run = 0
+
+    def job_not_run(self, job_id: str, due: datetime, error: Exception) -> None:
+        """A due run did not happen because of the store: an ``error`` run (metric, log, history if it can)."""
+        self._runs_not_run += 1
+        message = (
+            f"not run: the schedule store failed ({_first_line(error)}); the job runs once the store takes writes again"
+        )
+        run = Run(job_id, due.timestamp(), time.time(), "error", message)
+        self._spawn(self._record(run))
+
+    async def _watchdog(self, scheduler: ResilientScheduler) -> None:
+        """Re-arm the scheduler if a wake-up failed in a way it did not catch (defence in depth)."""
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), WATCHDOG_SECONDS)
+            if scheduler.stalled and not self._stopping.is_set():
+                log.error("jobs.schedule_rearmed", reason="no scheduler wake-up was pending: the last one failed")
+                scheduler.wakeup()
 
     # ---- running jobs ------------------------------------------------------------------------
 
@@ -265,9 +367,9 @@ class JobService:
     async def _record(self, run: Run) -> None:
         if run.job_id in self._deleted:
             return  # deleted while it ran: its history and metrics are gone with it
-        self.metrics.job_runs.labels(job=run.job_id, outcome=run.outcome).inc()
+        self.metrics.job_runs.labels(job_id=run.job_id, outcome=run.outcome).inc()
         if run.outcome == "success":
-            self.metrics.job_last_success.labels(job=run.job_id).set(run.finished_at)
+            self.metrics.job_last_success.labels(job_id=run.job_id).set(run.finished_at)
         # A rescan that found nothing is the steady state: not worth a line every interval.
         quiet = run.outcome == "success" and run.detail == {"files_found": 0}
         (log.debug if quiet else log.info)(
@@ -305,7 +407,7 @@ class JobService:
 
     def _init_metrics(self, job_id: str) -> None:
         for outcome in OUTCOMES:
-            self.metrics.job_runs.labels(job=job_id, outcome=outcome)
+            self.metrics.job_runs.labels(job_id=job_id, outcome=outcome)
 
     def _drop_metrics(self, job_id: str) -> None:
         for outcome in OUTCOMES:
@@ -316,7 +418,7 @@ class JobService:
 
     # ---- the API -----------------------------------------------------------------------------
 
-    def _running_scheduler(self) -> AsyncIOScheduler:
+    def _running_scheduler(self) -> ResilientScheduler:
         scheduler = self.scheduler
         if scheduler is None or not scheduler.running:
             raise SchedulerUnavailable("the scheduler is not running: the service is starting or stopping")
@@ -493,3 +595,31 @@ class JobService:
             }
             for r in rows
         ]
+
+
+def _first_line(exc: BaseException) -> str:
+    """A driver error in one line (SQLAlchemy appends the statement and its parameters)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _add_builtin(
+    scheduler: ResilientScheduler,
+    job_id: str,
+    kind: str,
+    trigger: BaseTrigger,
+    trigger_spec: dict[str, Any],
+    **options: Any,
+) -> None:
+    """Store a built-in job under `job_id`, replacing one of that id (blocking)."""
+    spec = {"kind": kind, "args": {}, "trigger": trigger_spec}
+    scheduler.add_job(
+        run_job,
+        trigger=trigger,
+        id=job_id,
+        name=job_id,
+        kwargs={"job_id": job_id, "spec": spec},
+        replace_existing=True,
+        **JOB_DEFAULTS,
+        **options,
+    )

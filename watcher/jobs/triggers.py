@@ -152,3 +152,8 @@ def compile_trigger(spec: AnyTrigger, tz: tzinfo, now: datetime) -> CompiledTrig
 def rescan_trigger(interval: float, tz: tzinfo) -> tuple[BaseTrigger, dict[str, Any]]:
     """The trigger of the built-in `rescan` job: every WATCHER_RESCAN_INTERVAL seconds."""
     return IntervalTrigger(seconds=interval, timezone=tz), tidy_numbers({"type": "interval", "seconds": interval})
+
+
+def retry_failed_trigger(tz: tzinfo) -> tuple[BaseTrigger, dict[str, Any]]:
+    """The trigger of the built-in `retry_failed` job (hourly), which only fires once it is resumed."""
+    return IntervalTrigger(hours=1, timezone=tz), {"type": "interval", "hours": 1}

@@ -5,6 +5,12 @@ under its final name (``link`` never follows a symlink; the new name is checked 
 we opened with ``O_NOFOLLOW``, so a symlink or another file swapped in meanwhile is taken back), the
 folder is flushed, and only then is the source name removed.
 
+Below the root (the outbox or the failed dir) nothing is followed: the target folder is reached one
+folder at a time by directory fd with ``O_NOFOLLOW``, and every later name (temporary file, link,
+replace, conflict candidates, folder flush) is resolved relative to that fd, so a folder swapped for
+a symlink after the walk cannot redirect a write either. A symlink or a non-folder on the way is that
+one file's failure (:class:`UnsafeTargetPath`), never the outbox's; the entry is left as it is.
+
 Another filesystem: the kernel copies (``copy_file_range``, falling back to ``sendfile``) into a
 hidden temporary name in the target folder, which is flushed and then linked into place without
 clobbering; the folder is flushed, and only then is the source removed.
@@ -29,8 +35,13 @@ TEMP_PREFIX = ".watcher-"
 TEMP_SUFFIX = ".tmp"
 _CHUNK = 64 * 1024 * 1024  # per copy syscall; between chunks a shutdown can abort the copy
 _COMPARE_CHUNK = 1024 * 1024
-# Errors of the destination side that are not the file's fault: intake pauses instead of retrying.
-OUTBOX_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR})
+# Errors of the destination side that are not the file's fault: delivery pauses instead of retrying.
+# ENOTDIR is not one of them: below the root every name is resolved relative to an open folder fd,
+# so ENOTDIR can only mean a non-folder on the way to one file (UnsafeTargetPath); a root that is not
+# a folder is reported when the root is opened.
+OUTBOX_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+# A folder below the root: never followed if it is a symlink (O_NOFOLLOW), flushable (O_RDONLY).
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class Outcome(enum.Enum):
@@ -62,6 +73,25 @@ class OutboxUnavailable(Exception):
         self.errno = err
 
 
+class UnsafeTargetPath(OSError):
+    """A folder on the way to the target is a symlink (ELOOP) or not a folder at all (ENOTDIR).
+
+    (EINVAL for a folder name such as ``..``, which the source side already refuses.)
+
+    An OSError like any other for the workers: that one file is retried, then quarantined. It never
+    pauses delivery: the rest of the outbox is fine. The entry in the way is left as it is.
+    """
+
+    def __init__(self, err: int, message: str) -> None:
+        """Keep the errno (ELOOP or ENOTDIR) and a message that says what to fix."""
+        super().__init__(err, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        """The message alone: it lands in logs and ``.error.json``, where the errno has its own field."""
+        return self.message
+
+
 class ConflictRefused(Exception):
     """WATCHER_ON_CONFLICT=fail and different bytes already hold the target path."""
 
@@ -83,15 +113,6 @@ def _temp_name() -> str:
     return f"{TEMP_PREFIX}{uuid.uuid4().hex}{TEMP_SUFFIX}"
 
 
-def fsync_dir(path: Path) -> None:
-    """Flush a folder's entries to disk."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def conflict_name(name: str, n: int) -> str:
     """The n-th alternative for a taken name: ``report.csv`` → ``report (1).csv``; dot-files keep their dot."""
     stem, dot, suffix = name.rpartition(".")
@@ -105,38 +126,129 @@ def _outbox_error(exc: OSError, what: str) -> OutboxUnavailable:
     return OutboxUnavailable(reason, exc.errno)
 
 
-def ensure_dirs(root: Path, rel_dir: str, fsync: bool) -> Path:
-    """Create ``root/rel_dir`` as needed, flushing each new entry, and return it.
+@dataclass(frozen=True)
+class _Folder:
+    """A target folder held open: names in it are resolved relative to `fd`, never through `path`."""
 
-    The root itself is never created: a missing outbox may be an unmounted volume, and writing
-    into its mount point would hide files from the operator.
-    """
+    fd: int
+    path: Path  # for results, messages and the EXDEV memo; never opened
+    dev: int
+
+
+def _unsafe(exc: OSError, parent: int, name: str, where: str, root: Path) -> OSError | OutboxUnavailable:
+    """Turn the failure to open the folder `name` (`where` below `root`) into the error to report."""
+    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+        return _outbox_error(exc, f"cannot open {root / where}") if exc.errno in OUTBOX_ERRNOS else exc
+    # O_DIRECTORY|O_NOFOLLOW answers ENOTDIR for a symlink as for a file: look (only on this error
+    # path) to tell the operator which one is in the way.
     try:
-        root_st = os.lstat(root)
+        is_link = stat.S_ISLNK(os.lstat(name, dir_fd=parent).st_mode)
+    except OSError:
+        is_link = exc.errno == errno.ELOOP
+    if is_link:
+        return UnsafeTargetPath(
+            errno.ELOOP, f"folder {where!r} in {root} is a symlink: not followed; replace it with a real folder"
+        )
+    return UnsafeTargetPath(
+        errno.ENOTDIR, f"{where!r} in {root} is not a folder: not replaced; move it away so the folder can be made"
+    )
+
+
+def _open_folder(parent: int, name: str, where: str, root: Path, fsync: bool) -> int:
+    """Open the folder `name` in the folder `parent`, making it when missing; never follow a symlink."""
+    if name in ("", ".", ".."):  # `..` relative to a folder fd would climb out of the root
+        raise UnsafeTargetPath(errno.EINVAL, f"{where!r} in {root} is not a plain folder name")
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except FileNotFoundError:
+        pass
     except OSError as exc:
-        raise _outbox_error(exc, f"{root} is unusable") from exc
-    if not stat.S_ISDIR(root_st.st_mode):
-        raise OutboxUnavailable(f"{root} is not a directory", errno.ENOTDIR)
-    target = root
-    for part in rel_dir.split("/") if rel_dir else ():
-        parent, target = target, target / part
-        try:
-            os.mkdir(target, 0o755)
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            if exc.errno in OUTBOX_ERRNOS - {errno.ENOTDIR}:
-                raise _outbox_error(exc, f"cannot create {target}") from exc
-            raise
-        if fsync:
-            fsync_dir(parent)
-    return target
-
-
-def _same_bytes(fd: int, src_size: int, other: Path) -> bool:
-    """True when the file at `other` is a regular file with exactly the bytes of `fd`."""
+        raise _unsafe(exc, parent, name, where, root) from exc
     try:
-        ofd = os.open(other, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        os.mkdir(name, 0o755, dir_fd=parent)
+    except FileExistsError:
+        pass  # made meanwhile (by another worker, or as something else): the open below checks which
+    except OSError as exc:
+        if exc.errno in OUTBOX_ERRNOS:
+            raise _outbox_error(exc, f"cannot create {root / where}") from exc
+        raise
+    else:
+        if fsync:
+            os.fsync(parent)  # the new entry is durable before anything is placed in it
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except OSError as exc:
+        raise _unsafe(exc, parent, name, where, root) from exc
+
+
+class _Folders:
+    """The target folders of one batch, each opened once and shared by its files; close() closes all.
+
+    Only the root and the target folders stay open (at most one per file of the batch), not the
+    folders between, so a batch of deep paths cannot run out of file descriptors.
+    """
+
+    def __init__(self, root: Path, fsync: bool) -> None:
+        """Nothing is opened before the first :meth:`get`."""
+        self.root = root
+        self.fsync = fsync
+        self._open: dict[str, _Folder] = {}
+
+    def get(self, rel_dir: str) -> _Folder:
+        """The folder ``root/rel_dir``, made as needed; raises OutboxUnavailable or UnsafeTargetPath."""
+        known = self._open.get(rel_dir)
+        if known is not None:
+            return known
+        if not rel_dir:
+            return self._keep("", self._open_root())
+        parts = rel_dir.split("/")
+        # Walk on from the nearest folder already open: sibling folders share their parents' walk.
+        start = len(parts) - 1
+        while start > 0 and "/".join(parts[:start]) not in self._open:
+            start -= 1
+        dfd = self.get("/".join(parts[:start])).fd
+        owned = False  # a folder of the cache is never closed here
+        try:
+            for i in range(start, len(parts)):
+                nfd = _open_folder(dfd, parts[i], "/".join(parts[: i + 1]), self.root, self.fsync)
+                if owned:
+                    os.close(dfd)
+                dfd, owned = nfd, True
+            return self._keep(rel_dir, dfd)
+        except BaseException:
+            if owned:
+                os.close(dfd)
+            raise
+
+    def _open_root(self) -> int:
+        # The root itself is checked as before (not followed, never created): a missing outbox may
+        # be an unmounted volume, and writing into its mount point would hide files from the operator.
+        try:
+            return os.open(self.root, _DIR_FLAGS)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+                raise OutboxUnavailable(f"{self.root} is not a directory", errno.ENOTDIR) from exc
+            raise _outbox_error(exc, f"{self.root} is unusable") from exc
+
+    def _keep(self, rel_dir: str, fd: int) -> _Folder:
+        try:
+            dev = os.fstat(fd).st_dev
+        except BaseException:
+            os.close(fd)
+            raise
+        folder = self._open[rel_dir] = _Folder(fd, self.root / rel_dir, dev)
+        return folder
+
+    def close(self) -> None:
+        """Close every folder fd of the batch."""
+        while self._open:
+            os.close(self._open.popitem()[1].fd)
+
+
+def _same_bytes(fd: int, src_size: int, folder: int, other: str) -> bool:
+    """True when `other` in the folder fd `folder` is a regular file with exactly the bytes of `fd`."""
+    try:
+        ofd = os.open(other, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
     except OSError:
         return False
     try:
@@ -158,31 +270,31 @@ def _same_bytes(fd: int, src_size: int, other: Path) -> bool:
 
 @dataclass(frozen=True)
 class _Target:
-    path: Path
+    name: str  # in the target folder
     replace: bool
 
 
-def _resolve_target(fd: int, st: os.stat_result, dest: Path, on_conflict: str) -> _Target | None:
-    """Where the file goes, or None when identical bytes are already there (a duplicate)."""
+def _resolve_target(fd: int, st: os.stat_result, folder: int, name: str, on_conflict: str) -> _Target | None:
+    """Where the file goes in the folder fd `folder`, or None when identical bytes are already there."""
     try:
-        existing = os.lstat(dest)
+        existing = os.lstat(name, dir_fd=folder)
     except FileNotFoundError:
-        return _Target(dest, replace=False)
-    if (existing.st_dev, existing.st_ino) == (st.st_dev, st.st_ino) or _same_bytes(fd, st.st_size, dest):
+        return _Target(name, replace=False)
+    if (existing.st_dev, existing.st_ino) == (st.st_dev, st.st_ino) or _same_bytes(fd, st.st_size, folder, name):
         return None
     if on_conflict == "overwrite":
-        return _Target(dest, replace=True)
+        return _Target(name, replace=True)
     if on_conflict == "fail":
-        raise ConflictRefused(f"{dest.name} already exists in the outbox with different content")
+        raise ConflictRefused(f"{name} already exists in the outbox with different content")
     n = 1
     while True:
-        candidate = dest.with_name(conflict_name(dest.name, n))
+        candidate = conflict_name(name, n)
         try:
-            cst = os.lstat(candidate)
+            cst = os.lstat(candidate, dir_fd=folder)
         except FileNotFoundError:
             return _Target(candidate, replace=False)
         # A crash after an earlier renamed delivery must not deliver the same bytes twice.
-        if (cst.st_dev, cst.st_ino) == (st.st_dev, st.st_ino) or _same_bytes(fd, st.st_size, candidate):
+        if (cst.st_dev, cst.st_ino) == (st.st_dev, st.st_ino) or _same_bytes(fd, st.st_size, folder, candidate):
             return None
         n += 1
 
@@ -214,38 +326,52 @@ class _Swapped(Exception):
     """The source name no longer points at the inode that was opened."""
 
 
-def _link_checked(link_from: Path, to: Path, ino: tuple[int, int]) -> None:
-    """Hard-link `link_from` as `to` (never following symlinks) and check it is the expected inode."""
-    os.link(link_from, to, follow_symlinks=False)
-    linked = os.lstat(to)
-    if (linked.st_dev, linked.st_ino) != ino:
-        _unlink_quietly(to)
-        raise _Swapped(str(link_from))
+def _link_checked(item: _Open, to: str) -> None:
+    """Hard-link the staged bytes as `to` in the target folder, never following a symlink.
+
+    The new name is checked to be the expected inode: a source name swapped meanwhile is taken back.
+    """
+    assert item.link_from is not None
+    folder = item.folder.fd
+    os.link(item.link_from, to, src_dir_fd=item.link_dir_fd, dst_dir_fd=folder, follow_symlinks=False)
+    linked = os.lstat(to, dir_fd=folder)
+    if (linked.st_dev, linked.st_ino) != item.ino:
+        _unlink_quietly(to, folder)
+        raise _Swapped(str(item.link_from))
 
 
-def _place(link_from: Path, ino: tuple[int, int], target: _Target, fsync: bool) -> None:
-    """Make `link_from` visible under the target name: no-clobber link, or atomic replace."""
-    folder = target.path.parent
+def _place(item: _Open, target: _Target, fsync: bool) -> None:
+    """Make the staged bytes visible under the target name: no-clobber link, or atomic replace."""
+    folder = item.folder.fd
     if target.replace:
-        tmp = folder / _temp_name()
-        _link_checked(link_from, tmp, ino)
-        os.replace(tmp, target.path)
+        tmp = _temp_name()
+        _link_checked(item, tmp)
+        try:
+            os.replace(tmp, target.name, src_dir_fd=folder, dst_dir_fd=folder)
+        except BaseException:
+            _unlink_quietly(tmp, folder)
+            raise
     else:
-        _link_checked(link_from, target.path, ino)
+        _link_checked(item, target.name)
     if fsync:
-        fsync_dir(folder)
+        os.fsync(folder)
 
 
-def _copy_to_temp(fd: int, st: os.stat_result, folder: Path, fsync: bool, abort: threading.Event) -> Path:
-    tmp = folder / _temp_name()
+def _copy_to_temp(
+    fd: int, st: os.stat_result, folder: _Folder, fsync: bool, abort: threading.Event
+) -> tuple[str, tuple[int, int]]:
+    """Copy into a new temporary name in `folder`; return that name and its (device, inode)."""
+    tmp = _temp_name()
     try:
-        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        # O_EXCL: a name planted meanwhile (a symlink too) is never opened, let alone written through.
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=folder.fd)
     except OSError as exc:
         if exc.errno in OUTBOX_ERRNOS:
-            raise _outbox_error(exc, f"cannot write in {folder}") from exc
+            raise _outbox_error(exc, f"cannot write in {folder.path}") from exc
         raise
     try:
         try:
+            tst = os.fstat(out)
             copied = _copy_fd(fd, out, st.st_size, abort)
             after = os.fstat(fd)
             if copied != after.st_size or after.st_mtime_ns != st.st_mtime_ns or copied != st.st_size:
@@ -257,19 +383,19 @@ def _copy_to_temp(fd: int, st: os.stat_result, folder: Path, fsync: bool, abort:
         finally:
             os.close(out)
     except OSError as exc:
-        _unlink_quietly(tmp)
+        _unlink_quietly(tmp, folder.fd)
         if exc.errno in OUTBOX_ERRNOS:
-            raise _outbox_error(exc, f"cannot write in {folder}") from exc
+            raise _outbox_error(exc, f"cannot write in {folder.path}") from exc
         raise
     except BaseException:
-        _unlink_quietly(tmp)
+        _unlink_quietly(tmp, folder.fd)
         raise
-    return tmp
+    return tmp, (tst.st_dev, tst.st_ino)
 
 
-def _unlink_quietly(path: Path) -> None:
+def _unlink_quietly(path: Path | str, dir_fd: int | None = None) -> None:
     try:
-        os.unlink(path)
+        os.unlink(path, dir_fd=dir_fd)
     except FileNotFoundError:
         pass
 
@@ -295,12 +421,19 @@ class _Open:
     src: Path
     fd: int
     st: os.stat_result
-    dest: Path
+    folder: _Folder  # the target folder, held open for the batch
+    name: str  # the wanted name in it
     same_fs: bool
-    temp: Path | None = None
-    link_from: Path | None = None
+    temp: str | None = None  # a name in `folder`
+    link_from: Path | str | None = None  # the source path, or the temp name relative to link_dir_fd
+    link_dir_fd: int | None = None
     ino: tuple[int, int] = (0, 0)
     result: TransferResult | None = None
+
+    @property
+    def dest(self) -> Path:
+        """Where the file goes unless its name is taken (for results and messages only)."""
+        return self.folder.path / self.name
 
 
 class _ThroughSymlink(Exception):
@@ -335,14 +468,11 @@ def open_beneath(src: Path, rel: str) -> int:
         os.close(dfd)
 
 
-Folders = dict[str, tuple[Path, int]]  # relative folder → (its path in the root, its st_dev)
+def _open_source(src: Path, rel: str, folders: _Folders) -> _Open | TransferResult:
+    """Open the source without following symlinks or blocking on fifos, and open (or make) its folder.
 
-
-def _open_source(src: Path, rel: str, root: Path, fsync: bool, folders: Folders) -> _Open | TransferResult:
-    """Open the source without following symlinks or blocking on fifos, and make its folder.
-
-    `folders` remembers the target folders made and stat'ed earlier in the same batch, so files that
-    share a folder pay for its checks once.
+    `folders` keeps the target folders opened earlier in the same batch, so files that share a
+    folder pay for its walk and checks once.
     """
     try:
         fd = open_beneath(src, rel)
@@ -360,16 +490,12 @@ def _open_source(src: Path, rel: str, root: Path, fsync: bool, folders: Folders)
             os.close(fd)
             return TransferResult(Outcome.SKIPPED, reason="not a regular file")
         rel_dir, _, name = rel.rpartition("/")
-        known = folders.get(rel_dir)
-        if known is None:
-            made = ensure_dirs(root, rel_dir, fsync)
-            known = folders[rel_dir] = (made, os.stat(made).st_dev)
-        folder, folder_dev = known
-        same_fs = folder_dev == st.st_dev and (st.st_dev, str(folder)) not in _no_link
+        folder = folders.get(rel_dir)
+        same_fs = folder.dev == st.st_dev and (st.st_dev, str(folder.path)) not in _no_link
     except BaseException:
         os.close(fd)
         raise
-    return _Open(src, fd, st, folder / name, same_fs)
+    return _Open(src, fd, st, folder, name, same_fs)
 
 
 def _stage(item: _Open, fsync_each: bool, abort: threading.Event) -> None:
@@ -377,11 +503,10 @@ def _stage(item: _Open, fsync_each: bool, abort: threading.Event) -> None:
     if item.same_fs:
         if fsync_each:
             os.fsync(item.fd)
-        item.link_from, item.ino = item.src, (item.st.st_dev, item.st.st_ino)
+        item.link_from, item.link_dir_fd, item.ino = item.src, None, (item.st.st_dev, item.st.st_ino)
     else:
-        item.temp = _copy_to_temp(item.fd, item.st, item.dest.parent, fsync_each, abort)
-        tst = os.lstat(item.temp)
-        item.link_from, item.ino = item.temp, (tst.st_dev, tst.st_ino)
+        item.temp, item.ino = _copy_to_temp(item.fd, item.st, item.folder, fsync_each, abort)
+        item.link_from, item.link_dir_fd = item.temp, item.folder.fd
 
 
 def _commit(item: _Open, on_conflict: str, fsync_each: bool, abort: threading.Event) -> TransferResult:
@@ -393,30 +518,29 @@ def _commit(item: _Open, on_conflict: str, fsync_each: bool, abort: threading.Ev
             raise
     # One filesystem, two mounts (a bind mount, two subPath mounts of one volume): link() refuses
     # to cross mount points, so this file goes the copy way, flushed on its own.
-    _no_link.add((item.st.st_dev, str(item.dest.parent)))
+    _no_link.add((item.st.st_dev, str(item.folder.path)))
     item.same_fs = False
     _stage(item, True, abort)
     return _commit_once(item, on_conflict, True)
 
 
 def _commit_once(item: _Open, on_conflict: str, fsync_each: bool) -> TransferResult:
-    assert item.link_from is not None
     for _ in range(100):  # another writer may take the name between resolve and link
-        target = _resolve_target(item.fd, item.st, item.dest, on_conflict)
+        target = _resolve_target(item.fd, item.st, item.folder.fd, item.name, on_conflict)
         if target is None:
             return TransferResult(Outcome.DUPLICATE, dest=item.dest, size=item.st.st_size)
         try:
-            _place(item.link_from, item.ino, target, fsync_each)
+            _place(item, target, fsync_each)
         except FileExistsError:
             continue
         except _Swapped:
             return TransferResult(Outcome.SKIPPED, reason="replaced by another file or a symlink")
         except OSError as exc:
             if exc.errno in OUTBOX_ERRNOS:
-                raise _outbox_error(exc, f"cannot place {target.path.name}") from exc
+                raise _outbox_error(exc, f"cannot place {target.name}") from exc
             raise
-        return TransferResult(Outcome.DELIVERED, dest=target.path, size=item.st.st_size)
-    raise OSError(errno.EEXIST, f"could not claim a free name for {item.dest.name}")
+        return TransferResult(Outcome.DELIVERED, dest=item.folder.path / target.name, size=item.st.st_size)
+    raise OSError(errno.EEXIST, f"could not claim a free name for {item.name}")
 
 
 def _finish(item: _Open) -> None:
@@ -424,24 +548,20 @@ def _finish(item: _Open) -> None:
     if item.result is not None and item.result.outcome in (Outcome.DELIVERED, Outcome.DUPLICATE):
         _remove_source(item.src, item.st)
     if item.temp is not None:
-        _unlink_quietly(item.temp)
+        _unlink_quietly(item.temp, item.folder.fd)
 
 
 _libc: ctypes.CDLL | None = None
 
 
-def syncfs(path: Path) -> None:
-    """Flush the whole filesystem holding `path` to disk in one call (group commit)."""
+def syncfs(fd: int) -> None:
+    """Flush the whole filesystem holding the open file `fd` to disk in one call (group commit)."""
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        if _libc.syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"syncfs: {os.strerror(err)}")
-    finally:
-        os.close(fd)
+    if _libc.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"syncfs: {os.strerror(err)}")
 
 
 Outcomes = list["TransferResult | Exception"]
@@ -467,20 +587,20 @@ def deliver_batch(
     outcomes: Outcomes = []
     opened: list[_Open] = []
     slots: list[int] = []
-    folders: Folders = {}
-    for src, rel in items:
-        try:
-            got = _open_source(src, rel, root, fsync, folders)
-            if isinstance(got, _Open):
-                opened.append(got)
-                slots.append(len(outcomes))
-                outcomes.append(TransferResult(Outcome.SKIPPED))  # placeholder until committed
-            else:
-                outcomes.append(got)
-        except Exception as exc:  # noqa: BLE001 - reported per item
-            outcomes.append(exc)
-    live: list[tuple[int, _Open]] = []
+    folders = _Folders(root, fsync)
     try:
+        for src, rel in items:
+            try:
+                got = _open_source(src, rel, folders)
+                if isinstance(got, _Open):
+                    opened.append(got)
+                    slots.append(len(outcomes))
+                    outcomes.append(TransferResult(Outcome.SKIPPED))  # placeholder until committed
+                else:
+                    outcomes.append(got)
+            except Exception as exc:  # noqa: BLE001 - reported per item
+                outcomes.append(exc)
+        live: list[tuple[int, _Open]] = []
         for slot, item in zip(slots, opened, strict=True):
             try:
                 _stage(item, fsync_each, abort)
@@ -488,7 +608,7 @@ def deliver_batch(
             except Exception as exc:  # noqa: BLE001 - reported per item
                 outcomes[slot] = exc
         if group and any(item.temp is not None for _, item in live):
-            _group_sync(root, live, outcomes)
+            _group_sync(live, outcomes)
         committed: list[tuple[int, _Open]] = []
         for slot, item in live:
             if isinstance(outcomes[slot], Exception):
@@ -500,20 +620,30 @@ def deliver_batch(
             except Exception as exc:  # noqa: BLE001 - reported per item
                 outcomes[slot] = exc
         if group and committed:
-            _group_sync(root, committed, outcomes)
+            _group_sync(committed, outcomes)
     finally:
-        for item in opened:
-            try:
-                _finish(item)
-            finally:
-                os.close(item.fd)
+        try:
+            for item in opened:
+                try:
+                    _finish(item)
+                finally:
+                    os.close(item.fd)
+        finally:
+            folders.close()  # after _finish: it removes temporary names relative to these fds
     return outcomes
 
 
-def _group_sync(root: Path, members: list[tuple[int, _Open]], outcomes: Outcomes) -> None:
-    """Call syncfs once; if it fails, every member fails with that error (and keeps its source)."""
+def _group_sync(members: list[tuple[int, _Open]], outcomes: Outcomes) -> None:
+    """Call syncfs once per filesystem of the members' folders; on failure every member fails.
+
+    Usually one filesystem, the root's; more when a folder below the root is a mount of its own,
+    whose copies and links a flush of the root's filesystem alone would not make durable. A member
+    that fails keeps its source.
+    """
+    by_dev = {item.folder.dev: item.folder.fd for _, item in members}
     try:
-        syncfs(root)
+        for fd in by_dev.values():
+            syncfs(fd)
     except OSError as exc:
         error = _outbox_error(exc, "flushing the outbox failed") if exc.errno in OUTBOX_ERRNOS else exc
         for slot, item in members:
@@ -532,8 +662,9 @@ def deliver(
 ) -> TransferResult:
     """Deliver the file `src` (relative path `rel`) to ``root/rel``; blocking.
 
-    Raises OutboxUnavailable (pause intake), ConflictRefused (quarantine), SourceChanged or
-    OSError (retry), TransferAborted (shutdown).
+    Raises OutboxUnavailable (pause delivery), ConflictRefused (quarantine), SourceChanged or
+    OSError (retry; among them UnsafeTargetPath: a symlink or a non-folder on the way below the
+    root), TransferAborted (shutdown).
     """
     (outcome,) = deliver_batch([(src, rel)], root, on_conflict=on_conflict, fsync=fsync, abort=abort)
     if isinstance(outcome, Exception):

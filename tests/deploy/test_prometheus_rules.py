@@ -14,9 +14,9 @@ pytestmark = pytest.mark.deploy
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS = REPO / "deploy" / "prometheus"
-RUNBOOK_BASE = "https://github.com/watcher/watcher/blob/main/README.md#"
-# README.md is where runbook_url points.
-RUNBOOK_DOCS = [REPO / "README.md"]
+RUNBOOK_BASE = "https://github.com/watcher/watcher/blob/main/docs/operations.md#"
+# docs/operations.md is where runbook_url points.
+RUNBOOK_DOCS = [REPO / "docs" / "operations.md"]
 
 EXPECTED_ALERTS = {
     "WatcherDown",

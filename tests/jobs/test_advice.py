@@ -1,9 +1,10 @@
 """Every piece of advice that names a jobs call works verbatim against a fresh service (issue 10, item 7).
 
 The advice comes from where operators read it: the ``action`` of a real ``.error.json``, the curl
-lines of the README (the Jobs API examples and the runbooks) and the alert descriptions of
-deploy/prometheus/rules.yml. Only the address and the token are filled in; ``<job id>`` in a runbook
-stands for a job the service has, here the built-in ``retry_failed``.
+lines of README.md and docs/*.md (the quick start, the Jobs API examples in docs/http-api.md, the
+runbooks in docs/operations.md) and the alert descriptions of deploy/prometheus/rules.yml. Only the
+address and the token are filled in; ``<job id>`` in a runbook stands for a job the service has, here
+the built-in ``retry_failed``.
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ def test_the_error_json_action_works_verbatim_on_a_fresh_service(make_watcher: C
 
 
 def readme_curl_commands() -> Iterator[str]:
-    """Each curl command of the README that calls /jobs, continuation lines joined, in order."""
-    lines = iter((REPO / "README.md").read_text().splitlines())
+    """Each curl command of README.md and docs/*.md that calls /jobs, continuation lines joined, in order."""
+    docs = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    lines = iter([line for doc in docs for line in doc.read_text().splitlines()])
     for line in lines:
         inline = re.findall(r"`(curl [^`]*/jobs[^`]*)`", line)
         if inline:
@@ -85,7 +87,7 @@ def test_every_jobs_call_in_the_readme_works_verbatim_on_a_fresh_service(
         **os.environ,
         "TOKEN": TOKEN,
         "WATCHER_API_TOKEN": TOKEN,
-        # the README's own `export WATCHER=... AUTH=...` line
+        # docs/http-api.md's own `export WATCHER=... AUTH=...` line
         "WATCHER": w.url,
         "AUTH": f"Authorization: Bearer {TOKEN}",
     }

@@ -18,7 +18,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench,postgres]'
 	touch $(STAMP)
 
+# ./data is the parent of the embedded outbox: the service refuses an outbox whose parent is missing
+# (a typo in a mount path), so the parent of the default one is made here.
 run: $(STAMP)
+	@mkdir -p data
 	$(RUN_ENV) $(BIN)/watcher run
 
 lint: $(STAMP)

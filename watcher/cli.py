@@ -7,7 +7,6 @@ setting), 1 for any other fatal error.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -96,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         if unknown:
             _stderr(f"watcher: warning: unknown environment variables ignored: {advice}")
-        from watcher.service import prepare_directories
+        from watcher.directories import prepare_directories  # light: no uvicorn, APScheduler, watchdog
 
         try:
             prepare_directories(settings, create=False)
@@ -105,13 +104,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(render_settings(settings))
         return EXIT_OK
     configure_logging(settings.log_format, settings.log_level)
-    from watcher.service import Service  # imported late: check-config stays light
+    from watcher.service import run_service  # imported late: check-config stays light
 
     log = get_logger("watcher.cli")
     if unknown:
         log.warning("config.unknown_variables", ignored=[name for name, _ in unknown], advice=advice)
     try:
-        return asyncio.run(Service(settings).run())
+        return run_service(settings)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG, _json_errors(args.command, settings.log_format))
     except Exception as exc:

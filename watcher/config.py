@@ -48,7 +48,7 @@ class _MappingEnvSource(EnvSettingsSource):
 
 
 class Settings(BaseSettings):
-    """The effective configuration of one service instance (see the README's settings table)."""
+    """The effective configuration of one service instance (see the settings table in docs/configuration.md)."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid", case_sensitive=False)
 

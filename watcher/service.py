@@ -1,5 +1,11 @@
 """The composition root: builds everything from one Settings object, starts in order, stops in
 reverse, and owns the signals (the only module that imports ``signal``).
+
+:meth:`Service.run` is one :class:`contextlib.AsyncExitStack`: each part is entered in start-up
+order and pushes its own release, so a failure at any step releases what came before it (the
+socket, the database engine, the signal handlers, the threads) in reverse order, and a normal stop
+is the same unwinding. Every release takes what is left of one deadline,
+WATCHER_SHUTDOWN_TIMEOUT + :data:`STOP_MARGIN` seconds, counted from the moment the stop began.
 """
 
 from __future__ import annotations
@@ -8,157 +14,70 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
+import sys
+import threading
 import time
-from collections.abc import Generator
-from pathlib import Path
-
-import uvicorn
+from collections.abc import Awaitable, Callable, Iterator
 
 from watcher import __version__
-from watcher.config import ConfigError, Settings
-from watcher.http.app import Check, create_app
+from watcher.config import Settings
+from watcher.directories import prepare_directories, sweep_stale_temp_files
+from watcher.health import Health
+from watcher.http.app import create_app
 from watcher.http.jobs_api import job_routes
-from watcher.http.limits import Limits, header_deadline_protocol  # limits:
+from watcher.http.limits import Limits
+from watcher.http.server import HttpServer, bind_socket
 from watcher.jobs import JobService
 from watcher.logging import get_logger
 from watcher.metrics import Metrics, create_metrics
 from watcher.pipeline.intake import Intake, Tracked
-from watcher.pipeline.observer import (
-    EventBridge,
-    ObserverChoice,
-    observer_alive,
-    polling_fallback,
-    start_observer,
-    watch_shortfall,
-)
-from watcher.pipeline.outbox_gate import OutboxGate, outbox_problem
-from watcher.pipeline.rescan import sweep_temp_files
+from watcher.pipeline.observer import EventBridge
+from watcher.pipeline.outbox_gate import OutboxGate
+from watcher.pipeline.supervisor import ObserverSupervisor
 from watcher.pipeline.workers import WorkerPool
 
 log = get_logger(__name__)
 
-
-def prepare_directories(settings: Settings, create: bool = True) -> None:
-    """Create the inbox, outbox, state and failed dirs when missing; refuse a path that is a file.
-
-    With `create=False` (``check-config``) nothing is created; only what exists is checked.
-    """
-    named = [
-        ("WATCHER_INBOX", settings.inbox),
-        ("WATCHER_OUTBOX", settings.outbox),
-        ("WATCHER_STATE_DIR", settings.state_dir),
-        ("WATCHER_FAILED_DIR", settings.failed_path),
-    ]
-    for name, path in named:
-        if path.exists() and not path.is_dir():
-            raise ConfigError(f"{name}={path} is not a directory: point it at a folder")
-    outbox = settings.outbox
-    if not outbox.exists() and not outbox.parent.is_dir():
-        # A typo in a mount path must not deliver into the container's own filesystem.
-        raise ConfigError(
-            f"WATCHER_OUTBOX={outbox}: its parent folder {outbox.parent} does not exist; "
-            "check the path (is the volume mounted?) or create the parent folder"
-        )
-    if not create:
-        return _check_inbox_readable(settings)
-    for name, path in named:
-        if path.is_dir():
-            continue
-        try:
-            path.mkdir(parents=name != "WATCHER_OUTBOX", exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"{name}={path} cannot be created: {exc.strerror}; create it or fix permissions") from exc
-        if name == "WATCHER_OUTBOX":
-            log.info("outbox.created", outbox=str(path), reason="it did not exist; its parent folder does")
-    _check_inbox_readable(settings)
+STOP_MARGIN = 5.0  # seconds beyond WATCHER_SHUTDOWN_TIMEOUT for everything but the drain
+HTTP_RESERVE = 1.5  # seconds of the deadline kept for closing HTTP after the drain
+PHASE_CAP = 5.0  # the most one quick phase (scheduler, observer join, probes) may take
 
 
-def _check_inbox_readable(settings: Settings) -> None:
-    if settings.inbox.exists() and not os.access(settings.inbox, os.R_OK | os.X_OK):
-        raise ConfigError(f"WATCHER_INBOX={settings.inbox} is not readable by this user: fix its permissions")
+class Deadline:
+    """One deadline for the whole stop; each phase asks what is left of it."""
 
+    def __init__(self, seconds: float) -> None:
+        """Start counting now."""
+        self.at = time.monotonic() + seconds
 
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the service owns the signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        """Leave signal handling to the service."""
-        yield
+    def left(self, cap: float | None = None, reserve: float = 0.0) -> float:
+        """Seconds left (never negative), keeping `reserve` for later phases, at most `cap`."""
+        left = max(0.0, self.at - time.monotonic() - reserve)
+        return left if cap is None else min(cap, left)
 
 
 class Service:
     """One running watcher: observer, intake, workers, rescan and HTTP in one event loop."""
 
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
-        """Hold the settings; nothing starts before :meth:`run`."""
+        """Build the parts; nothing starts before :meth:`run`."""
         self.settings = settings
         self.metrics = metrics or create_metrics()
         self.stop_event = asyncio.Event()
-        self.stopping = False
+        self.started = asyncio.Event()  # set once the observer, workers, jobs and HTTP are up
         self.queue: asyncio.Queue[Tracked] = asyncio.Queue(maxsize=settings.queue_size)
         self.intake = Intake(settings, self.metrics, self.queue)
         self.gate = OutboxGate(settings.outbox, self.metrics)
         self.workers = WorkerPool(settings, self.metrics, self.intake, self.queue, self.gate)
-        self.observer: ObserverChoice | None = None
-        # jobs: the schedule (APScheduler + its store); its `rescan` job replaces an interval loop
+        # The schedule (APScheduler + its store); its `rescan` job replaces an interval loop.
         self.jobs = JobService(settings, self.metrics, self.rescan)
+        self.supervisor: ObserverSupervisor | None = None
+        self.health = Health(settings, self.metrics, self.gate, self._observer_status, self.jobs.check)
         self._signals = 0
-        self.started = asyncio.Event()  # set once the observer, workers and HTTP are up
+        self._deadline: Deadline | None = None
+        self._interrupted = 0
 
-    # ---- readiness ---------------------------------------------------------------------------
-
-    async def readiness(self) -> dict[str, Check]:
-        """The named checks of /health/ready; file-system checks run in a thread."""
-        s = self.settings
-
-        def fs_checks() -> dict[str, Check]:
-            inbox_ok = s.inbox.is_dir() and os.access(s.inbox, os.R_OK | os.X_OK)
-            outbox = outbox_problem(s.outbox)
-            state_ok = s.state_dir.is_dir() and os.access(s.state_dir, os.W_OK | os.X_OK)
-            return {
-                "inbox": (
-                    inbox_ok,
-                    f"{s.inbox} readable" if inbox_ok else f"{s.inbox} is missing or not readable",
-                ),
-                "outbox": (outbox is None, outbox or f"{s.outbox} writable"),
-                "state_dir": (
-                    state_ok,
-                    f"{s.state_dir} writable" if state_ok else f"{s.state_dir} is not writable",
-                ),
-            }
-
-        checks: dict[str, Check] = {}
-        choice = self.observer
-        if choice is None:
-            checks["observer"] = (False, "not started yet")
-        else:
-            alive = observer_alive(choice.observer)
-            checks["observer"] = (
-                alive,
-                f"{choice.mode}: {choice.reason}" if alive else f"{choice.mode} observer stopped",
-            )
-        checks.update(await asyncio.to_thread(fs_checks))
-        checks["schedule_store"] = await self.jobs.check()
-        outbox_ok, outbox_detail = checks["outbox"]
-        if not outbox_ok and self.gate.is_open and self.started.is_set():
-            self.gate.close(outbox_detail)  # readiness saw it first: delivery waits at once
-        if self.gate.is_open:
-            checks["delivery"] = (not self.stopping, "shutting down" if self.stopping else "delivering files")
-        else:
-            checks["delivery"] = (False, f"paused: {self.gate.reason}")
-        self._export_readiness(checks)
-        return checks
-
-    def _export_readiness(self, checks: dict[str, Check]) -> None:
-        """Make the metrics say what /health/ready says (it is computed before every scrape too)."""
-        m = self.metrics
-        for name, (passed, _) in checks.items():
-            m.ready_check.labels(check=name).set(1.0 if passed else 0.0)
-        m.ready.set(1.0 if all(passed for passed, _ in checks.values()) else 0.0)
-
-    # ---- lifecycle ---------------------------------------------------------------------------
+    # ---- signals -------------------------------------------------------------------------------
 
     def request_stop(self) -> None:
         """First SIGTERM/SIGINT: graceful stop. A second one: abort in-flight copies at once."""
@@ -168,150 +87,42 @@ class Service:
             self.stop_event.set()
             log.info("service.stopping", reason="signal")
         else:
-            self.workers.abort.set()
+            self.workers.interrupt()
             log.warning("service.stopping_now", reason="second signal: interrupting transfers")
 
-    def _bind(self) -> socket.socket:
-        s = self.settings
-        family = socket.AF_INET6 if ":" in s.http_host else socket.AF_INET
-        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only then, and without it Nagle's
-        # algorithm and delayed ACKs add 40 ms to every response.
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    @contextlib.contextmanager
+    def _signal_handlers(self, loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+        """Handle SIGTERM and SIGINT on the loop; restore the previous handlers afterwards (as
+        uvicorn's ``capture_signals`` does), so an embedding program gets its own back.
+        """
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            sock.bind((s.http_host, s.http_port))
-        except OSError as exc:
-            sock.close()
-            raise ConfigError(
-                f"WATCHER_HTTP_HOST/WATCHER_HTTP_PORT {s.http_host}:{s.http_port} cannot be bound: {exc.strerror}; "
-                "pick a free port"
-            ) from exc
-        # limits: uvicorn's own default backlog. With 128, a burst of connections waits out SYN
-        # retransmits (1 s, 3 s, 7 s) before the app can even answer 503 to it.
-        sock.listen(2048)
-        sock.setblocking(False)
-        return sock
+            for sig in previous:
+                loop.add_signal_handler(sig, self.request_stop)
+            yield
+        finally:
+            for sig, handler in previous.items():
+                loop.remove_signal_handler(sig)
+                signal.signal(sig, handler)
+
+    # ---- health and gauges ---------------------------------------------------------------------
+
+    def _observer_status(self) -> tuple[bool, str]:
+        return self.supervisor.status() if self.supervisor is not None else (False, "not started yet")
+
+    async def readiness(self) -> dict[str, tuple[bool, str]]:
+        """The named checks of /health/ready (see :class:`watcher.health.Health`)."""
+        return await self.health.readiness()
 
     def _wire_gauges(self) -> None:
         m = self.metrics
         m.queue_depth.set_function(self.queue.qsize)
         m.oldest_pending.set_function(self.intake.oldest_pending_seconds)
         m.pending_files.set_function(lambda: len(self.intake.tracked))
-        m.observer_up.set_function(lambda: 1.0 if self.observer and observer_alive(self.observer.observer) else 0.0)
-        m.observer_polling.set_function(lambda: 1.0 if self.observer and self.observer.mode == "polling" else 0.0)
+        m.observer_up.set_function(lambda: 1.0 if self.supervisor and self.supervisor.alive() else 0.0)
+        m.observer_polling.set_function(lambda: 1.0 if self.supervisor and self.supervisor.polling() else 0.0)
 
-    async def run(self, handle_signals: bool = True) -> int:
-        """Run until a signal (or :meth:`request_stop`) asks to stop; return the exit code.
-
-        `handle_signals=False` keeps the service embeddable (tests run it off the main thread's
-        signal handling, as arq's ``Worker(handle_signals=False)`` does).
-        """
-        s = self.settings
-        started = time.monotonic()
-        loop = asyncio.get_running_loop()
-        prepare_directories(s)
-        await self.jobs.open()  # jobs: a bad WATCHER_JOBSTORE_URL stops us before anything starts
-        sock = self._bind()
-        if handle_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.request_stop)
-        self._wire_gauges()
-        swept = await asyncio.to_thread(_sweep_all, [s.outbox, s.failed_path])
-        bridge = EventBridge(loop, max_pending=max(4 * s.queue_size, 65536))
-        self.observer = await asyncio.to_thread(start_observer, s.observer, s.inbox, s.recursive, bridge)
-        log.info(
-            "service.started",
-            version=__version__,
-            observer=self.observer.mode,
-            observer_reason=self.observer.reason,
-            stale_temp_files_removed=swept,
-            settings=s.public_view(),
-        )
-        app = create_app(
-            self.metrics.registry,
-            self.readiness,
-            extra_routes=job_routes(self.jobs, s.api_token),
-            limits=Limits(s.http_max_connections, s.http_request_timeout),  # limits:
-        )
-        server = _EmbeddedServer(
-            uvicorn.Config(
-                app,
-                log_config=None,
-                lifespan="off",
-                # limits: no uvicorn limit_concurrency. The app's RequestLimits caps requests, with
-                # JSON answers and a budget of their own for the probes. uvicorn's cap would count
-                # idle keep-alive connections too, answer in plain text, and refuse /health/live
-                # along with everything else once it is reached; it does not bound sockets either
-                # (it answers on a connection it has already accepted).
-                limit_concurrency=None,
-                http=header_deadline_protocol(s.http_request_timeout),  # limits: slow request heads too
-                timeout_keep_alive=5,
-                timeout_graceful_shutdown=5,
-                server_header=False,
-            )
-        )
-        tasks = [
-            asyncio.create_task(self.intake.run_events(bridge, self.stop_event), name="events"),
-            asyncio.create_task(self.intake.run_settler(self.stop_event), name="settler"),
-            asyncio.create_task(self._startup_scan(started), name="startup-scan"),
-            asyncio.create_task(self._supervise_observer(bridge), name="observer-supervisor"),
-        ]
-        self.workers.start()
-        self.gate.start()
-        http = asyncio.create_task(server.serve(sockets=[sock]), name="http")
-        try:
-            # jobs: after the pipeline, since a job that fell due while we were down may run at once
-            await self.jobs.start()
-        except BaseException:
-            await self._shutdown(tasks, server, http, started)
-            raise
-        self.started.set()
-        await self.stop_event.wait()
-        await self._shutdown(tasks, server, http, started)
-        return 0
-
-    async def _supervise_observer(self, bridge: EventBridge, interval: float = 5.0) -> None:
-        """Restart a dead observer (a watchdog thread can die on an unexpected error) and rescan,
-        so that no event source failure strands files until the next interval rescan.
-        """
-        s = self.settings
-        ticks = 0
-        while not self.stop_event.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), interval)
-            ticks += 1
-            choice = self.observer
-            if self.stop_event.is_set() or choice is None:
-                continue
-            if choice.mode == "inotify" and ticks % 6 == 0 and await asyncio.to_thread(self._watches_short):
-                # Folders created since start-up can exhaust fs.inotify.max_user_watches too.
-                log.error(
-                    "observer.inotify_exhausted",
-                    error="fewer inotify watches than folders",
-                    limit_to_raise="fs.inotify.max_user_watches",
-                    mode="polling",
-                )
-                choice.observer.stop()
-                self.observer = await asyncio.to_thread(
-                    polling_fallback,
-                    bridge,
-                    s.inbox,
-                    s.recursive,
-                    "inotify watches exhausted: raise fs.inotify.max_user_watches on the node; polling instead",
-                )
-                await self.rescan()
-                continue
-            if observer_alive(choice.observer):
-                continue
-            log.error("observer.died", mode=choice.mode, action="restarting the observer and rescanning")
-            with contextlib.suppress(Exception):
-                choice.observer.stop()
-            self.observer = await asyncio.to_thread(start_observer, s.observer, s.inbox, s.recursive, bridge)
-            await self.rescan()
-
-    def _watches_short(self) -> bool:
-        s = self.settings
-        return bool(watch_shortfall(s.inbox, s.recursive) and watch_shortfall(s.inbox, s.recursive))
+    # ---- scans ---------------------------------------------------------------------------------
 
     async def _startup_scan(self, started: float) -> None:
         found = await self.intake.scan(source="startup")
@@ -326,42 +137,146 @@ class Service:
             log.info("rescan.found", files_found=found)
         return found
 
-    async def _shutdown(
-        self,
-        tasks: list[asyncio.Task[None]],
-        server: uvicorn.Server,
-        http: asyncio.Task[None],
-        started: float,
-    ) -> None:
+    # ---- life cycle ----------------------------------------------------------------------------
+
+    def _left(self, cap: float | None = None, reserve: float = 0.0) -> float:
+        """What is left of the stop deadline (the whole budget if the stop has not begun)."""
+        if self._deadline is None:
+            self._deadline = Deadline(self.settings.shutdown_timeout + STOP_MARGIN)
+        return self._deadline.left(cap, reserve)
+
+    def _begin_stop(self) -> None:
+        """The first release of the stack: start the clock, stop taking new work."""
+        self._left()
+        self.health.stopping = True
+        self.intake.stop_accepting()
+
+    async def _bounded(self, what: str, phase: Callable[[], Awaitable[object]], cap: float | None = None) -> None:
+        """Run one phase of the stop within what is left of the deadline (at most `cap` s); a phase
+        that overruns is cancelled and logged, one that fails is logged, and the stop goes on.
+        """
+        try:
+            await asyncio.wait_for(phase(), timeout=max(0.01, self._left(cap)))
+        except TimeoutError:
+            log.warning("service.stop_phase_timeout", phase=what, action="went on without it")
+        except Exception as exc:  # one failed release must not skip the others
+            log.error("service.stop_phase_failed", phase=what, error=str(exc), exc_info=exc)
+
+    async def run(self, handle_signals: bool = True) -> int:
+        """Run until a signal (or :meth:`request_stop`) asks to stop; return the exit code.
+
+        `handle_signals=False` keeps the service embeddable (tests run it off the main thread's
+        signal handling, as arq's ``Worker(handle_signals=False)`` does).
+        """
         s = self.settings
-        self.stopping = True
-        self.intake.stopping = True
-        t0 = time.monotonic()
-        await self.jobs.stop()  # jobs: first, so that no job feeds the pipeline while it drains
-        if self.observer is not None:
-            observer = self.observer.observer
-            observer.stop()
-            await asyncio.to_thread(observer.join, 10)
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        async with contextlib.AsyncExitStack() as stack:
+            prepare_directories(s)
+            await self.jobs.open()  # a bad WATCHER_JOBSTORE_URL stops us before anything starts
+            stack.push_async_callback(self._bounded, "schedule store", self.jobs.close, PHASE_CAP)
+            sock = bind_socket(s.http_host, s.http_port)
+            stack.callback(sock.close)  # uvicorn closes it too once serving; twice is harmless
+            if handle_signals:
+                stack.enter_context(self._signal_handlers(loop))
+            self._wire_gauges()
+            swept = await asyncio.to_thread(sweep_stale_temp_files, [s.outbox, s.failed_path])
+
+            app = create_app(
+                self.metrics.registry,
+                self.readiness,
+                extra_routes=job_routes(self.jobs, s.api_token),
+                limits=Limits(s.http_max_connections, s.http_request_timeout),
+            )
+            http = HttpServer(app, s)
+            stack.push_async_callback(self._bounded, "http", lambda: http.stop(self._left()))
+            http.start(sock)
+
+            stack.push_async_callback(self._bounded, "outbox gate", self.gate.stop, PHASE_CAP)
+            stack.push_async_callback(self._bounded, "drain", self._drain)
+            self.workers.start()
+            self.gate.start()
+
+            bridge = EventBridge(loop, max_pending=max(4 * s.queue_size, 65536))
+            self.supervisor = supervisor = ObserverSupervisor(s, bridge, self.rescan)
+            stack.push_async_callback(
+                self._bounded, "observer", lambda: supervisor.stop(self._left(PHASE_CAP)), PHASE_CAP
+            )
+            choice = await supervisor.start()
+
+            tasks = [
+                asyncio.create_task(self.intake.run_events(bridge, self.stop_event), name="events"),
+                asyncio.create_task(self.intake.run_settler(self.stop_event), name="settler"),
+                asyncio.create_task(self._startup_scan(started), name="startup-scan"),
+                asyncio.create_task(supervisor.run(self.stop_event), name="observer-supervisor"),
+            ]
+            stack.push_async_callback(self._bounded, "intake", lambda: self._cancel_intake(tasks), PHASE_CAP)
+            log.info(
+                "service.started",
+                version=__version__,
+                observer=choice.mode,
+                observer_reason=choice.reason,
+                stale_temp_files_removed=swept,
+                settings=s.public_view(),
+            )
+            # After the pipeline, since a job that fell due while we were down may run at once.
+            await self.jobs.start()
+            stack.push_async_callback(self._bounded, "scheduler", self.jobs.stop, PHASE_CAP)
+            stack.callback(self._begin_stop)  # released first: the clock starts with the stop
+            self.health.serving = True
+            self.started.set()
+            await self.stop_event.wait()
+        self._log_summary(started)
+        return 0
+
+    async def _cancel_intake(self, tasks: list[asyncio.Task[None]]) -> None:
+        self.stop_event.set()  # the loops that wait on it return (also after a start-up failure)
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.wait(tasks)
         await self.intake.cancel_walks()
-        interrupted = await self.workers.stop(s.shutdown_timeout)
-        await self.gate.stop()
-        server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(http, timeout=10)
+
+    async def _drain(self) -> None:
+        """In-flight transfers get WATCHER_SHUTDOWN_TIMEOUT (within the deadline), then are aborted."""
+        drain = self._left(self.settings.shutdown_timeout, reserve=STOP_MARGIN)
+        self._interrupted = await self.workers.stop(drain, abort_wait=self._left(reserve=HTTP_RESERVE))
+
+    def _log_summary(self, started: float) -> None:
         summary = dict(self.workers.summary)
         log.info(
             "service.stopped",
             uptime_s=round(time.monotonic() - started, 3),
-            drain_s=round(time.monotonic() - t0, 3),
-            interrupted=interrupted,
+            stop_s=round(self.settings.shutdown_timeout + STOP_MARGIN - self._left(), 3),
+            interrupted=self._interrupted,
             left_in_queue=self.queue.qsize(),
             **{f"files_{k}": v for k, v in summary.items()},
         )
 
 
-def _sweep_all(roots: list[Path]) -> int:
-    """Remove every temporary file of ours at start-up: none can be in progress yet."""
-    return sum(sweep_temp_files(root)[0] for root in roots)
+def run_service(settings: Settings) -> int:
+    """``asyncio.run(Service(settings).run())``, except that threads wedged in a syscall (a copy on a
+    dead mount, a store that does not answer) cannot hold the process past the stop deadline.
+
+    asyncio.run() would wait for the default executor's threads without a bound, and the
+    interpreter joins executor threads at exit; so the executor shutdown is bounded, and when such
+    a thread is still alive after the service returned, the process ends with ``os._exit``.
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        code = loop.run_until_complete(Service(settings).run())
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        with contextlib.suppress(TimeoutError):
+            loop.run_until_complete(asyncio.wait_for(loop.shutdown_default_executor(), 1.0))
+    finally:
+        loop.close()
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    give_up = time.monotonic() + 1.0  # idle executor threads are on their way out: let them go
+    for thread in others:
+        thread.join(max(0.0, give_up - time.monotonic()))
+    stuck = [t.name for t in others if t.is_alive()]
+    if stuck:
+        log.warning("service.threads_left", threads=stuck, action="exiting without waiting for them")
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+        os._exit(code)
+    return code

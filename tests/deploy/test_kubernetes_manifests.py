@@ -246,6 +246,7 @@ def test_watcher_accepts_the_rendered_settings(
     env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHER_")}
     for key, value in settings_of(rendered[variant]).items():
         env[key] = str(tmp_path) + value if value.startswith("/data/") else value
+    (tmp_path / "data").mkdir()  # the image has /data, where the volumes are mounted
     proc = subprocess.run(
         [sys.executable, "-m", "watcher", "check-config"],
         env=env,

@@ -304,7 +304,11 @@ def test_scrape_has_no_target_label_and_no_created_series(scrape: Scrape) -> Non
     # A service label named like a target label (`job`, `instance`) is renamed to exported_* by
     # Prometheus, or overwrites the target's with honor_labels.
     clashes = {
-        f"{name}{{{label}}}" for name, sets in scrape.samples.items() for labels in sets for label in labels
-    } & {f"{name}{{{label}}}" for name in scrape.samples for label in TARGET_LABELS}
+        (name, label)
+        for name, label_sets in scrape.samples.items()
+        for labels in label_sets
+        for label in labels
+        if label in TARGET_LABELS
+    }
     assert not clashes
     assert not [name for name in scrape.samples if name.endswith("_created")]

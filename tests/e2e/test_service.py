@@ -34,6 +34,7 @@ def test_make_run_like_defaults_deliver_a_file(tmp_path: Path) -> None:
         "WATCHER_STATE_DIR": "./data/state",
         "WATCHER_HTTP_PORT": str(free_port()),
     }
+    (tmp_path / "data").mkdir()  # as `make run` does: the outbox's parent must exist
     proc = WatcherProcess(env, tmp_path, tmp_path / "watcher.log").start()
     try:
         (tmp_path / "data/inbox/hello.txt").write_text("hello")

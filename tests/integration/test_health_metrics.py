@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 import httpx
@@ -66,5 +67,32 @@ def test_files_found_at_start_up_count_as_startup_not_as_missed_events(tmp_path:
             await await_until(lambda: len(os.listdir(settings.outbox)) == 3, 15, "the backlog delivered")
             assert metric_value(service, "watcher_files_discovered_total", {"source": "startup"}) == 3
             assert metric_value(service, "watcher_files_discovered_total", {"source": "rescan"}) == 0
+
+    asyncio.run(main())
+
+
+def test_transfer_duration_observes_each_files_own_time(tmp_path: Path) -> None:
+    # Renamed in at once, the files reach the workers in batches that share one group commit. The
+    # histogram's sum must stay within what the workers could have spent, not batch time x files.
+    settings = make_settings(tmp_path, workers="2")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    count = 600
+    for i in range(count):
+        (staging / f"f{i:04}.bin").write_bytes(os.urandom(512))
+
+    async def main() -> None:
+        async with running(settings) as service:
+            began = time.monotonic()
+            for name in os.listdir(staging):
+                os.rename(staging / name, settings.inbox / name)
+            await await_until(
+                lambda: metric_value(service, "watcher_transfer_duration_seconds_count") == count,
+                30,
+                "every delivery observed",
+            )
+            wall = time.monotonic() - began
+            total = metric_value(service, "watcher_transfer_duration_seconds_sum")
+            assert total <= wall * int(settings.workers), (total, wall)
 
     asyncio.run(main())

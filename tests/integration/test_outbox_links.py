@@ -262,3 +262,25 @@ def test_blocked_in_the_failed_dir_too_the_file_stays_in_the_inbox(tmp_path: Pat
         assert_left_alone(failed, failed_outside, "symlink")
 
     asyncio.run(main())
+
+
+def test_a_symlink_planted_at_the_sidecar_name_is_replaced_not_followed(tmp_path: Path) -> None:
+    from watcher.pipeline.quarantine import FailureReport, write_sidecar
+
+    failed = tmp_path / "failed"
+    (failed / "a").mkdir(parents=True)
+    (failed / "a" / "x.txt").write_bytes(b"quarantined")
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"must stay")
+    (failed / "a" / f"x.txt{SIDECAR_SUFFIX}").symlink_to(outside)
+    report = FailureReport("a/x.txt", 2, "boom", "OSError", 5, 0.0, 1.0)
+    sidecar = write_sidecar(failed, failed / "a" / "x.txt", report)
+    assert outside.read_bytes() == b"must stay"
+    assert not sidecar.is_symlink() and json.loads(sidecar.read_text())["path"] == "a/x.txt"
+    # A folder of the failed dir that is a symlink is not entered for the sidecar either.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (failed / "b").symlink_to(elsewhere)
+    with pytest.raises(UnsafeTargetPath):
+        write_sidecar(failed, failed / "b" / "y.txt", report)
+    assert not list(elsewhere.iterdir())

@@ -229,7 +229,7 @@ def test_a_content_length_that_claims_too_much_is_413_json_and_the_connection_cl
         sock.close()
 
     assert_healthy(w)
-    assert [job["id"] for job in w.http.get("/jobs").json()["jobs"]] == ["rescan"]
+    assert [job["id"] for job in w.http.get("/jobs").json()["jobs"]] == ["rescan", "retry_failed"]
 
 
 # ---- slow clients --------------------------------------------------------------------------------
@@ -443,7 +443,7 @@ def test_path_traversal_in_ids_is_404_json_and_touches_nothing(watchers: Any, tm
                 assert is_error_shape(r.json()), r.text
     assert victim.read_text() == "do not touch"
     assert disk_snapshot(tmp_path) == before
-    assert [job["id"] for job in w.http.get("/jobs").json()["jobs"]] == ["rescan"]
+    assert [job["id"] for job in w.http.get("/jobs").json()["jobs"]] == ["rescan", "retry_failed"]
     assert_healthy(w)
 
 

@@ -11,9 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from watcher.config import DEFAULT_EXCLUDE
+from watcher.pipeline.completeness import Snapshot, is_quiet, next_check_in
 from watcher.pipeline.filters import PathFilter
 from watcher.pipeline.quarantine import FailureReport, write_sidecar
-from watcher.pipeline.readiness import Snapshot, is_quiet, next_check_in
 from watcher.pipeline.transfer import conflict_name, is_temp_name
 from watcher.pipeline.workers import BACKOFF_CAP, backoff_delay
 
@@ -98,12 +98,11 @@ def test_temp_names() -> None:
 
 
 def test_sidecar_content(tmp_path: Path) -> None:
-    import asyncio
 
     dest = tmp_path / "bad.csv"
     dest.write_text("x")
     report = FailureReport("sub/bad.csv", 5, "Input/output error", "OSError", 5, 1_700_000_000.0, 1_700_000_100.0)
-    sidecar = asyncio.run(write_sidecar(dest, report))
+    sidecar = write_sidecar(tmp_path, dest, report)
     assert sidecar.name == "bad.csv.error.json"
     data = json.loads(sidecar.read_text())
     assert data["path"] == "sub/bad.csv" and data["attempts"] == 5 and data["errno"] == 5

@@ -19,7 +19,7 @@ request, no buffering, and the body stream stays the app's own).
   nobody reads.
 
 The middleware cannot see what happens before a request's head is complete (uvicorn parses it).
-:func:`header_deadline_protocol` covers that part: uvicorn's h11 protocol with the same deadline on
+:func:`watcher.http.server.header_deadline_protocol` covers that part: uvicorn's h11 protocol with the same deadline on
 each request head, counted from the connection (or the previous answer), so a client that trickles
 its headers (slowloris) is disconnected too. Header size is bounded by h11: an incomplete head over
 16 KiB is refused with uvicorn's plain-text 400.
@@ -39,7 +39,6 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
 
 from watcher.http.errors import error_response
 from watcher.logging import get_logger
@@ -206,46 +205,6 @@ class RequestLimits:
                 probes_inflight=self.probes.inflight,
                 timeout_s=self.timeout,
             )
-
-
-class _HeaderDeadlineH11(H11Protocol):
-    """uvicorn's h11 protocol, closing a connection that sends no whole request head in time."""
-
-    header_timeout = 30.0
-    _head_timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Start the clock of the first request head."""
-        super().connection_made(transport)  # type: ignore[arg-type]
-        self._arm_head_deadline()
-
-    def on_response_complete(self) -> None:
-        """Start the clock of the next request head."""
-        super().on_response_complete()
-        self._arm_head_deadline()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        """Stop the clock."""
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-        super().connection_lost(exc)
-
-    def _arm_head_deadline(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-        self._head_timer = self.loop.call_later(self.header_timeout, self._head_deadline, self.cycle)
-
-    def _head_deadline(self, armed: RequestResponseCycle | None) -> None:
-        # No new request head since the clock started, and none in progress: close. A request that
-        # did start is the middleware's business (its deadline answers 408/503).
-        idle = self.cycle is armed and (armed is None or armed.response_complete)
-        if idle and not self.transport.is_closing():
-            self.transport.close()
-
-
-def header_deadline_protocol(timeout: float) -> type[asyncio.Protocol]:
-    """The uvicorn ``http`` protocol class with a deadline of `timeout` s on every request head."""
-    return type("HeaderDeadlineH11", (_HeaderDeadlineH11,), {"header_timeout": timeout})
 
 
 async def client_gone(_: Request, exc: Exception) -> Response:

@@ -223,7 +223,9 @@ class JobService:
         _add_builtin(scheduler, RETRY_FAILED_JOB_ID, "retry_failed", *retry_failed_trigger(self.tz), next_run_time=None)
 
     async def stop(self) -> None:
-        """Stop scheduling, interrupt running jobs (bounded), record them, close the store."""
+        """Stop scheduling, interrupt running jobs (bounded) and record them; the store stays open
+        until :meth:`close`.
+        """
         scheduler, self.scheduler = self.scheduler, None
         self.abort.set()
         self._stopping.set()
@@ -242,9 +244,12 @@ class JobService:
             if late:
                 log.warning("jobs.stop_timeout", still_running=len(late))
         context.uninstall(self)
+        log.info("jobs.stopped", interrupted=len(pending))
+
+    async def close(self) -> None:
+        """Release the store's connections (last at shutdown, and after a failed start-up)."""
         if self.engine is not None:
             await asyncio.to_thread(self.engine.dispose)
-        log.info("jobs.stopped", interrupted=len(pending))
 
     async def check(self) -> tuple[bool, str]:
         """The ``schedule_store`` readiness check: the schedule is armed and the store takes a write.

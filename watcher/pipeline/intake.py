@@ -19,9 +19,9 @@ from typing import Literal
 from watcher.config import Settings
 from watcher.logging import get_logger
 from watcher.metrics import Metrics
+from watcher.pipeline.completeness import Snapshot, is_quiet, next_check_in, unchanged
 from watcher.pipeline.filters import PathFilter
 from watcher.pipeline.observer import EventBridge, RawEvent
-from watcher.pipeline.readiness import Snapshot, is_quiet, next_check_in, unchanged
 from watcher.pipeline.rescan import Found, walk
 from watcher.pipeline.writers import open_for_writing
 
@@ -66,6 +66,10 @@ class Intake:
         self._wake = asyncio.Event()
         self._walks: set[asyncio.Task[int]] = set()
         self.stopping = False
+
+    def stop_accepting(self) -> None:
+        """Shutdown: no more retries, re-checks or walks; what is tracked stays in the inbox."""
+        self.stopping = True
 
     # ---- bookkeeping -------------------------------------------------------------------------
 

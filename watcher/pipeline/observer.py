@@ -131,7 +131,7 @@ Mode = Literal["inotify", "polling"]
 class ObserverChoice:
     """Which observer runs, and why (shown in logs and readiness detail)."""
 
-    observer: BaseObserver
+    thread: BaseObserver  # watchdog's observer thread (with its emitter threads)
     mode: Mode
     reason: str
     fallback: bool

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiofiles
-import aiofiles.os
-
-from watcher.pipeline.transfer import Outcome, TransferResult, deliver
+from watcher.pipeline.transfer import Outcome, TransferResult, deliver, write_beside
 
 SIDECAR_SUFFIX = ".error.json"
 
@@ -61,14 +57,15 @@ def move_to_failed(src: Path, rel: str, failed_root: Path, fsync: bool) -> Trans
     return deliver(src, rel, failed_root, on_conflict="rename", fsync=fsync, abort=threading.Event())
 
 
-async def write_sidecar(dest: Path, report: FailureReport) -> Path:
-    """Write ``<dest>.error.json`` atomically (temp name, then rename)."""
-    sidecar = dest.with_name(dest.name + SIDECAR_SUFFIX)
-    tmp = dest.with_name(f".{dest.name}.error.json.{os.getpid()}.partial")
-    async with aiofiles.open(tmp, "w", encoding="utf-8") as handle:
-        await handle.write(json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n")
-    await aiofiles.os.replace(tmp, sidecar)
-    return sidecar
+def write_sidecar(failed_root: Path, dest: Path, report: FailureReport, fsync: bool = True) -> Path:
+    """Write ``<dest>.error.json`` beside the quarantined file `dest` (blocking; atomic).
+
+    Not through aiofiles: the sidecar is written relative to folder fds, by the same walk as the
+    move itself, so that a symlink in the failed dir cannot redirect it (delivery semantics 10).
+    """
+    rel = str(dest.relative_to(failed_root))
+    text = json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n"
+    return write_beside(failed_root, rel, dest.name + SIDECAR_SUFFIX, text.encode("utf-8"), fsync)
 
 
 def quarantined(result: TransferResult) -> bool:

@@ -27,8 +27,9 @@ import errno
 import os
 import stat
 import threading
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 TEMP_PREFIX = ".watcher-"
@@ -61,6 +62,7 @@ class TransferResult:
     dest: Path | None = None
     size: int = 0
     reason: str = ""
+    seconds: float = 0.0  # this file's own transfer time (its share of the batch's group flushes)
 
 
 class OutboxUnavailable(Exception):
@@ -243,6 +245,40 @@ class _Folders:
         """Close every folder fd of the batch."""
         while self._open:
             os.close(self._open.popitem()[1].fd)
+
+
+def write_beside(root: Path, rel: str, name: str, data: bytes, fsync: bool) -> Path:
+    """Write `data` atomically as `name` in the folder of ``root/rel`` (blocking) and return its path.
+
+    The folder is reached by the same walk as a delivery (by folder fd, no symlink followed, a
+    non-folder not replaced), the bytes go to a hidden temporary name created with ``O_EXCL`` and
+    renamed over `name` relative to the folder fd: a symlink planted at either name, or a folder
+    swapped for one meanwhile, cannot redirect the write outside `root`.
+    """
+    rel_dir = rel.rpartition("/")[0]
+    folders = _Folders(root, fsync)
+    try:
+        folder = folders.get(rel_dir)
+        tmp = _temp_name()
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=folder.fd)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(out, view) :]
+                if fsync:
+                    os.fsync(out)
+            finally:
+                os.close(out)
+            os.replace(tmp, name, src_dir_fd=folder.fd, dst_dir_fd=folder.fd)
+        except BaseException:
+            _unlink_quietly(tmp, folder.fd)
+            raise
+        if fsync:
+            os.fsync(folder.fd)
+        return folder.path / name
+    finally:
+        folders.close()
 
 
 def _same_bytes(fd: int, src_size: int, folder: int, other: str) -> bool:
@@ -429,6 +465,7 @@ class _Open:
     link_dir_fd: int | None = None
     ino: tuple[int, int] = (0, 0)
     result: TransferResult | None = None
+    seconds: float = 0.0  # time spent on this file alone, plus its share of the group flushes
 
     @property
     def dest(self) -> Path:
@@ -591,8 +628,10 @@ def deliver_batch(
     try:
         for src, rel in items:
             try:
+                began = time.perf_counter()
                 got = _open_source(src, rel, folders)
                 if isinstance(got, _Open):
+                    got.seconds = time.perf_counter() - began
                     opened.append(got)
                     slots.append(len(outcomes))
                     outcomes.append(TransferResult(Outcome.SKIPPED))  # placeholder until committed
@@ -603,7 +642,9 @@ def deliver_batch(
         live: list[tuple[int, _Open]] = []
         for slot, item in zip(slots, opened, strict=True):
             try:
+                began = time.perf_counter()
                 _stage(item, fsync_each, abort)
+                item.seconds += time.perf_counter() - began
                 live.append((slot, item))
             except Exception as exc:  # noqa: BLE001 - reported per item
                 outcomes[slot] = exc
@@ -614,13 +655,19 @@ def deliver_batch(
             if isinstance(outcomes[slot], Exception):
                 continue  # the group flush of its copy failed
             try:
+                began = time.perf_counter()
                 item.result = _commit(item, on_conflict, fsync_each, abort)
+                item.seconds += time.perf_counter() - began
                 outcomes[slot] = item.result
                 committed.append((slot, item))
             except Exception as exc:  # noqa: BLE001 - reported per item
                 outcomes[slot] = exc
         if group and committed:
             _group_sync(committed, outcomes)
+        for slot, item in zip(slots, opened, strict=True):
+            done = outcomes[slot]
+            if isinstance(done, TransferResult):
+                outcomes[slot] = replace(done, seconds=item.seconds)
     finally:
         try:
             for item in opened:
@@ -641,6 +688,7 @@ def _group_sync(members: list[tuple[int, _Open]], outcomes: Outcomes) -> None:
     that fails keeps its source.
     """
     by_dev = {item.folder.dev: item.folder.fd for _, item in members}
+    began = time.perf_counter()
     try:
         for fd in by_dev.values():
             syncfs(fd)
@@ -649,6 +697,9 @@ def _group_sync(members: list[tuple[int, _Open]], outcomes: Outcomes) -> None:
         for slot, item in members:
             outcomes[slot] = error
             item.result = None
+    share = (time.perf_counter() - began) / len(members)
+    for _, item in members:
+        item.seconds += share
 
 
 def deliver(

@@ -88,8 +88,13 @@ class WorkerPool:
             finally:
                 self._busy.discard(job)
 
-    async def stop(self, timeout: float) -> int:
-        """Stop taking files, let in-flight transfers finish within `timeout`, then abort them.
+    def interrupt(self) -> None:
+        """Abort in-flight copies now (a second signal): they stop at their next chunk."""
+        self.abort.set()
+
+    async def stop(self, drain: float, abort_wait: float = 10.0) -> int:
+        """Stop taking files, let in-flight transfers finish within `drain` s, then abort them and
+        wait up to `abort_wait` s more for the aborted ones (a copy wedged in a syscall is left).
 
         Returns how many transfer batches had to be interrupted (their sources stay in the inbox).
         """
@@ -99,11 +104,11 @@ class WorkerPool:
         busy = set(self._busy)
         interrupted = 0
         if busy:
-            _, pending = await asyncio.wait(busy, timeout=timeout)
+            _, pending = await asyncio.wait(busy, timeout=max(0.0, drain))
             if pending:
                 interrupted = len(pending)
                 self.abort.set()  # copies stop at their next chunk and remove their temp files
-                await asyncio.wait(pending, timeout=10)
+                await asyncio.wait(pending, timeout=max(0.01, abort_wait))
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
         return interrupted
@@ -164,11 +169,13 @@ class WorkerPool:
     def _record(self, item: Tracked, result: TransferResult, duration: float) -> None:
         outcome = result.outcome
         self.summary[outcome.value] += 1
-        fields = {"path": item.rel, "bytes": result.size, "duration_ms": round(duration * 1000, 3)}
+        # The file's own time, not its batch's: 64 files of one group commit are not 64 times its time.
+        seconds = result.seconds or duration
+        fields = {"path": item.rel, "bytes": result.size, "duration_ms": round(seconds * 1000, 3)}
         if outcome is Outcome.DELIVERED:
             self.metrics.files_delivered.inc()
             self.metrics.bytes_delivered.inc(result.size)
-            self.metrics.transfer_duration.observe(duration)
+            self.metrics.transfer_duration.observe(seconds)
             self.metrics.delivery_latency.observe(max(0.0, time.time() - item.ready_wall))
             dest = result.dest
             renamed = dest is not None and dest.name != item.rel.rpartition("/")[2]
@@ -216,12 +223,16 @@ class WorkerPool:
         )
         src = self.intake.inbox / item.rel
         failed_root = self.settings.failed_path
-        try:
-            result = await asyncio.get_running_loop().run_in_executor(
-                self._executor, partial(move_to_failed, src, item.rel, failed_root, self.settings.fsync)
-            )
+        fsync = self.settings.fsync
+
+        def move() -> TransferResult:
+            result = move_to_failed(src, item.rel, failed_root, fsync)
             if quarantined(result) and result.dest is not None:
-                await write_sidecar(result.dest, report)
+                write_sidecar(failed_root, result.dest, report, fsync)
+            return result
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, move)
         except (OSError, OutboxUnavailable, SourceChanged) as move_exc:
             log.error("file.quarantine_failed", path=item.rel, error=str(move_exc), outcome="left_in_inbox")
             return

@@ -3,7 +3,7 @@
 inotify close events usually answer this, but an event can be lost (queue overflow) and the polling
 observer has none; before a file is taken on the strength of its quiet time, the truth is checked
 here. Only processes visible in our PID namespace can be seen: a writer in another container that
-shares the volume is covered by the settle time alone (documented in the README).
+shares the volume is covered by the settle time alone (documented in docs/guarantees.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Readiness rules: when is a file provably complete? (pure logic, no I/O)
+"""Completeness rules: when is a file provably complete? (pure logic, no I/O)
 
 A close-after-write event or a rename into the inbox proves it at once. Otherwise the file must be
 quiet: its size and mtime unchanged, and either its mtime at least `settle` seconds in the past or

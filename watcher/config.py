@@ -33,6 +33,7 @@ DEFAULT_EXCLUDE = (".*", "*.tmp", "*.part", "*.partial", "*.crdownload", "*.swp"
 _environ: ContextVar[Mapping[str, str]] = ContextVar("watcher_environ")
 
 Globs = Annotated[tuple[str, ...], NoDecode]
+OnConflict = Literal["rename", "overwrite", "fail"]  # passed down as it is: a typo cannot mean rename
 
 
 class ConfigError(Exception):
@@ -64,7 +65,7 @@ class Settings(BaseSettings):
     recursive: bool = True
     include: Globs = ("*",)
     exclude: Globs = DEFAULT_EXCLUDE
-    on_conflict: Literal["rename", "overwrite", "fail"] = "rename"
+    on_conflict: OnConflict = "rename"
     max_attempts: int = Field(default=5, ge=1)
     fsync: bool = True
     shutdown_timeout: float = Field(default=30.0, ge=0)

@@ -25,7 +25,7 @@ from tests.helpers import await_until, make_settings, metric_value, running, tre
 from tests.reliability.support import MiB, shm_dir, temp_files
 from watcher.pipeline.outbox_gate import OutboxGate
 from watcher.pipeline.quarantine import SIDECAR_SUFFIX, move_to_failed
-from watcher.pipeline.transfer import Outcome, UnsafeTargetPath, deliver, deliver_batch, is_temp_name
+from watcher.pipeline.transfer import TransferOutcome, UnsafeTargetPath, deliver, deliver_batch, is_temp_name
 
 DATA = b"payload that must not leave the outbox\n"
 IN_THE_WAY = b"a plain file where a folder is needed\n"
@@ -105,7 +105,7 @@ def test_one_blocked_folder_fails_only_its_files_in_a_batch(tmp_path: Path, targ
             assert isinstance(outcome, UnsafeTargetPath), (rel, outcome)
             assert (inbox / rel).read_bytes() == rel.encode()
         else:
-            assert not isinstance(outcome, Exception) and outcome.outcome is Outcome.DELIVERED, (rel, outcome)
+            assert not isinstance(outcome, Exception) and outcome.outcome is TransferOutcome.DELIVERED, (rel, outcome)
             assert (outbox / rel).read_bytes() == rel.encode() and not (inbox / rel).exists()
             # the path this test means to exercise: a hard link on one filesystem, a copy across
             assert ((outbox / rel).stat().st_dev == inbox_dev) == (target_base.is_relative_to(tmp_path))
@@ -166,7 +166,7 @@ def test_a_folder_swapped_for_a_symlink_after_the_walk_does_not_redirect_a_file(
         finally:
             swapper.join(30)
         assert in_time == [True], "the copy ended before the swap: nothing was tested"
-        assert [getattr(o, "outcome", o) for o in outcomes] == [Outcome.DELIVERED] * 2
+        assert [getattr(o, "outcome", o) for o in outcomes] == [TransferOutcome.DELIVERED] * 2
         assert os.listdir(outside) == ["small.txt"], "a file went through the symlink swapped in"
         assert decoy.read_bytes() == IN_THE_WAY
         assert os.listdir(outbox / "moved") == ["small.txt"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from watcher.pipeline.transfer import Outcome, deliver, deliver_batch
+from watcher.pipeline.transfer import TransferOutcome, deliver, deliver_batch
 
 
 def test_a_folder_swapped_for_a_symlink_is_never_followed(tmp_path: Path) -> None:
@@ -15,7 +15,7 @@ def test_a_folder_swapped_for_a_symlink_is_never_followed(tmp_path: Path) -> Non
     (outside / "secret.txt").write_bytes(b"SECRET")
     (inbox / "sub").symlink_to(outside)  # the event said "sub/secret.txt"
     result = deliver(inbox / "sub" / "secret.txt", "sub/secret.txt", outbox)
-    assert result.outcome is Outcome.SKIPPED
+    assert result.outcome is TransferOutcome.SKIPPED
     assert not any(p.is_file() for p in outbox.rglob("*"))
     assert (outside / "secret.txt").read_bytes() == b"SECRET"
 
@@ -31,7 +31,7 @@ def test_batch_delivers_every_file_and_reports_each(tmp_path: Path) -> None:
     items = [(inbox / rel, rel) for rel in [*names, "missing.bin", "link"]]
     outcomes = deliver_batch(items, outbox)
     kinds = [o.outcome if not isinstance(o, Exception) else o for o in outcomes]
-    assert kinds == [Outcome.DELIVERED] * 10 + [Outcome.VANISHED, Outcome.SKIPPED]
+    assert kinds == [TransferOutcome.DELIVERED] * 10 + [TransferOutcome.VANISHED, TransferOutcome.SKIPPED]
     for i, rel in enumerate(names):
         assert (outbox / rel).read_bytes() == bytes([i]) * 1000
         assert not (inbox / rel).exists()
@@ -47,7 +47,7 @@ def test_other_filesystem_keeps_mtime_and_mode(tmp_path: Path) -> None:
         os.chmod(src, 0o751)
         os.utime(src, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
         result = deliver(src, "a.sh", shm)
-        assert result.outcome is Outcome.DELIVERED
+        assert result.outcome is TransferOutcome.DELIVERED
         st = os.stat(shm / "a.sh")
         assert st.st_mtime_ns == 1_600_000_000_000_000_000 and (st.st_mode & 0o777) == 0o751
         assert not [n for n in os.listdir(shm) if n.startswith(".")]

@@ -14,8 +14,8 @@ from starlette.routing import BaseRoute
 
 from watcher import __version__
 from watcher.http.errors import EXCEPTION_HANDLERS
-from watcher.http.limits import EXCEPTION_HANDLERS as LIMIT_HANDLERS  # limits:
-from watcher.http.limits import Limits  # limits:
+from watcher.http.limits import EXCEPTION_HANDLERS as LIMIT_HANDLERS
+from watcher.http.limits import Limits
 from watcher.http.openapi import ApiRoute, Health, Operation, Reply, build_openapi, errors
 
 Check = tuple[bool, str]
@@ -73,7 +73,7 @@ def create_app(
         return JSONResponse(document)
 
     routes.append(ApiRoute("/openapi.json", {"GET": (openapi, _OPENAPI)}))
-    # limits: inside Starlette's ServerErrorMiddleware (a bug in it is still a logged JSON 500), outside
+    # Inside Starlette's ServerErrorMiddleware (a bug in it is still a logged JSON 500), outside
     # the routes and their exception handlers (so the deadline cancels a handler and answers for it).
     return Starlette(
         routes=routes,

@@ -26,9 +26,9 @@ from watcher.pipeline.rescan import regular_files, sweep_temp_files
 from watcher.pipeline.transfer import (
     ConflictRefused,
     OutboxUnavailable,
-    Outcome,
     SourceChanged,
     TransferAborted,
+    TransferOutcome,
     deliver,
     is_temp_name,
 )
@@ -148,7 +148,7 @@ def retry_failed(failed: Path, inbox: Path, fsync: bool, abort: threading.Event)
             errors += 1
             first_error = first_error or f"{rel}: {exc}"
             continue
-        if result.outcome in (Outcome.DELIVERED, Outcome.DUPLICATE):
+        if result.outcome in (TransferOutcome.DELIVERED, TransferOutcome.DUPLICATE):
             moved += 1
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path + SIDECAR_SUFFIX)

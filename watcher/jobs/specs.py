@@ -34,7 +34,7 @@ CRON_FIELDS = ("second", "minute", "hour", "day", "month", "day_of_week")
 MAX_SECONDS = 10 * 366 * 86400
 
 KindName = Literal["rescan", "purge", "retry_failed", "sweep"]
-Outcome = Literal["success", "error", "missed"]
+RunOutcome = Literal["success", "error", "missed"]
 
 
 class _Strict(BaseModel):
@@ -237,7 +237,7 @@ class RunOut(BaseModel):
 
     started_at: datetime
     finished_at: datetime
-    outcome: Outcome
+    outcome: RunOutcome
     error: str | None
     detail: dict[str, Any] | None
 

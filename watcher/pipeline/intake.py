@@ -142,7 +142,7 @@ class Intake:
     async def run_events(self, bridge: EventBridge, stop: asyncio.Event) -> None:
         """Consume the observer's batches until `stop` is set."""
         while not stop.is_set():
-            waiter = asyncio.create_task(bridge.ready.wait())
+            waiter = asyncio.create_task(bridge.has_events.wait())
             stopper = asyncio.create_task(stop.wait())
             await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()

@@ -69,7 +69,7 @@ class EventBridge(FileSystemEventHandler):
         self._pending: list[RawEvent] = []
         self._max_pending = max_pending
         self.dropped = 0
-        self.ready = asyncio.Event()
+        self.has_events = asyncio.Event()
 
     def dispatch(self, event: FileSystemEvent) -> None:
         """Called in the observer thread for every event."""
@@ -82,7 +82,7 @@ class EventBridge(FileSystemEventHandler):
             wake = len(self._pending) == 1
         if wake:
             try:
-                self._loop.call_soon_threadsafe(self.ready.set)
+                self._loop.call_soon_threadsafe(self.has_events.set)
             except RuntimeError:
                 pass  # loop closed during shutdown
 
@@ -91,7 +91,7 @@ class EventBridge(FileSystemEventHandler):
         with self._lock:
             batch, self._pending = self._pending, []
             dropped, self.dropped = self.dropped, 0
-            self.ready.clear()
+            self.has_events.clear()
         return batch, dropped
 
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from watcher.pipeline.transfer import Outcome, TransferResult, deliver, write_beside
+from watcher.pipeline.transfer import TransferOutcome, TransferResult, deliver, write_beside
 
 SIDECAR_SUFFIX = ".error.json"
 
@@ -70,4 +70,4 @@ def write_sidecar(failed_root: Path, dest: Path, report: FailureReport, fsync: b
 
 def quarantined(result: TransferResult) -> bool:
     """True when the move into the failed dir placed the file (or found it there already)."""
-    return result.outcome in (Outcome.DELIVERED, Outcome.DUPLICATE)
+    return result.outcome in (TransferOutcome.DELIVERED, TransferOutcome.DUPLICATE)

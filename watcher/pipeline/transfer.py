@@ -32,6 +32,8 @@ import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from watcher.config import OnConflict
+
 TEMP_PREFIX = ".watcher-"
 TEMP_SUFFIX = ".tmp"
 _CHUNK = 64 * 1024 * 1024  # per copy syscall; between chunks a shutdown can abort the copy
@@ -45,7 +47,7 @@ OUTBOX_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-class Outcome(enum.Enum):
+class TransferOutcome(enum.Enum):
     """What happened to one file."""
 
     DELIVERED = "delivered"
@@ -58,7 +60,7 @@ class Outcome(enum.Enum):
 class TransferResult:
     """The outcome of one transfer and what it moved."""
 
-    outcome: Outcome
+    outcome: TransferOutcome
     dest: Path | None = None
     size: int = 0
     reason: str = ""
@@ -310,7 +312,7 @@ class _Target:
     replace: bool
 
 
-def _resolve_target(fd: int, st: os.stat_result, folder: int, name: str, on_conflict: str) -> _Target | None:
+def _resolve_target(fd: int, st: os.stat_result, folder: int, name: str, on_conflict: OnConflict) -> _Target | None:
     """Where the file goes in the folder fd `folder`, or None when identical bytes are already there."""
     try:
         existing = os.lstat(name, dir_fd=folder)
@@ -514,18 +516,18 @@ def _open_source(src: Path, rel: str, folders: _Folders) -> _Open | TransferResu
     try:
         fd = open_beneath(src, rel)
     except FileNotFoundError:
-        return TransferResult(Outcome.VANISHED, reason="gone before pickup")
+        return TransferResult(TransferOutcome.VANISHED, reason="gone before pickup")
     except _ThroughSymlink:
-        return TransferResult(Outcome.SKIPPED, reason="a folder on its path is a symlink")
+        return TransferResult(TransferOutcome.SKIPPED, reason="a folder on its path is a symlink")
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            return TransferResult(Outcome.SKIPPED, reason="symlink")
+            return TransferResult(TransferOutcome.SKIPPED, reason="symlink")
         raise
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
-            return TransferResult(Outcome.SKIPPED, reason="not a regular file")
+            return TransferResult(TransferOutcome.SKIPPED, reason="not a regular file")
         rel_dir, _, name = rel.rpartition("/")
         folder = folders.get(rel_dir)
         same_fs = folder.dev == st.st_dev and (st.st_dev, str(folder.path)) not in _no_link
@@ -546,7 +548,7 @@ def _stage(item: _Open, fsync_each: bool, abort: threading.Event) -> None:
         item.link_from, item.link_dir_fd = item.temp, item.folder.fd
 
 
-def _commit(item: _Open, on_conflict: str, fsync_each: bool, abort: threading.Event) -> TransferResult:
+def _commit(item: _Open, on_conflict: OnConflict, fsync_each: bool, abort: threading.Event) -> TransferResult:
     """Put the staged bytes under their final name (or find them there already)."""
     try:
         return _commit_once(item, on_conflict, fsync_each)
@@ -561,28 +563,28 @@ def _commit(item: _Open, on_conflict: str, fsync_each: bool, abort: threading.Ev
     return _commit_once(item, on_conflict, True)
 
 
-def _commit_once(item: _Open, on_conflict: str, fsync_each: bool) -> TransferResult:
+def _commit_once(item: _Open, on_conflict: OnConflict, fsync_each: bool) -> TransferResult:
     for _ in range(100):  # another writer may take the name between resolve and link
         target = _resolve_target(item.fd, item.st, item.folder.fd, item.name, on_conflict)
         if target is None:
-            return TransferResult(Outcome.DUPLICATE, dest=item.dest, size=item.st.st_size)
+            return TransferResult(TransferOutcome.DUPLICATE, dest=item.dest, size=item.st.st_size)
         try:
             _place(item, target, fsync_each)
         except FileExistsError:
             continue
         except _Swapped:
-            return TransferResult(Outcome.SKIPPED, reason="replaced by another file or a symlink")
+            return TransferResult(TransferOutcome.SKIPPED, reason="replaced by another file or a symlink")
         except OSError as exc:
             if exc.errno in OUTBOX_ERRNOS:
                 raise _outbox_error(exc, f"cannot place {target.name}") from exc
             raise
-        return TransferResult(Outcome.DELIVERED, dest=item.folder.path / target.name, size=item.st.st_size)
+        return TransferResult(TransferOutcome.DELIVERED, dest=item.folder.path / target.name, size=item.st.st_size)
     raise OSError(errno.EEXIST, f"could not claim a free name for {item.name}")
 
 
 def _finish(item: _Open) -> None:
     """Remove the source name (after the delivery is durable) and the temporary name."""
-    if item.result is not None and item.result.outcome in (Outcome.DELIVERED, Outcome.DUPLICATE):
+    if item.result is not None and item.result.outcome in (TransferOutcome.DELIVERED, TransferOutcome.DUPLICATE):
         _remove_source(item.src, item.st)
     if item.temp is not None:
         _unlink_quietly(item.temp, item.folder.fd)
@@ -608,7 +610,7 @@ def deliver_batch(
     items: list[tuple[Path, str]],
     root: Path,
     *,
-    on_conflict: str = "rename",
+    on_conflict: OnConflict = "rename",
     fsync: bool = True,
     abort: threading.Event | None = None,
 ) -> Outcomes:
@@ -634,7 +636,7 @@ def deliver_batch(
                     got.seconds = time.perf_counter() - began
                     opened.append(got)
                     slots.append(len(outcomes))
-                    outcomes.append(TransferResult(Outcome.SKIPPED))  # placeholder until committed
+                    outcomes.append(TransferResult(TransferOutcome.SKIPPED))  # placeholder until committed
                 else:
                     outcomes.append(got)
             except Exception as exc:  # noqa: BLE001 - reported per item
@@ -707,7 +709,7 @@ def deliver(
     rel: str,
     root: Path,
     *,
-    on_conflict: str = "rename",
+    on_conflict: OnConflict = "rename",
     fsync: bool = True,
     abort: threading.Event | None = None,
 ) -> TransferResult:

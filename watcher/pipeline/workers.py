@@ -1,7 +1,7 @@
 """The worker pool: N asyncio tasks take files off the queue and run each transfer in a thread.
 
 A small file's whole transfer is one thread hop. Outcomes become metrics and one log line per file.
-I/O errors are retried with exponential backoff and full jitter; after WATCHER_MAX_ATTEMPTS the file
+I/O errors are retried with exponential backoff and equal jitter; after WATCHER_MAX_ATTEMPTS the file
 is quarantined. Outbox problems close the gate instead and charge no attempt.
 """
 
@@ -24,9 +24,9 @@ from watcher.pipeline.quarantine import FailureReport, move_to_failed, quarantin
 from watcher.pipeline.transfer import (
     ConflictRefused,
     OutboxUnavailable,
-    Outcome,
     SourceChanged,
     TransferAborted,
+    TransferOutcome,
     TransferResult,
     deliver_batch,
 )
@@ -38,7 +38,10 @@ BATCH_MAX = 64  # files per thread hop and group commit (no gain measured beyond
 
 
 def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:
-    """Full-jitter exponential backoff for the given failed attempt number (1-based)."""
+    """Exponential backoff with equal jitter (half the ceiling, plus up to half again at random) for
+    the given failed attempt number (1-based): retries of many files spread out, and none comes back
+    sooner than half its step.
+    """
     ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1))
     return (rng or random).uniform(ceiling / 2, ceiling)
 
@@ -140,10 +143,10 @@ class WorkerPool:
                     self.gate.close(outcome.reason)
                     blocked.append(item)  # not the file's fault: wait at the gate, charge nothing
                 else:
-                    await self._settle(item, outcome, duration, started)
+                    await self._account(item, outcome, duration, started)
             pending = blocked
 
-    async def _settle(
+    async def _account(
         self, item: Tracked, outcome: TransferResult | Exception, duration: float, started: float
     ) -> None:
         """Account for one file's outcome and hand it back to intake."""
@@ -172,7 +175,7 @@ class WorkerPool:
         # The file's own time, not its batch's: 64 files of one group commit are not 64 times its time.
         seconds = result.seconds or duration
         fields = {"path": item.rel, "bytes": result.size, "duration_ms": round(seconds * 1000, 3)}
-        if outcome is Outcome.DELIVERED:
+        if outcome is TransferOutcome.DELIVERED:
             self.metrics.files_delivered.inc()
             self.metrics.bytes_delivered.inc(result.size)
             self.metrics.transfer_duration.observe(seconds)
@@ -185,7 +188,7 @@ class WorkerPool:
                 outcome="delivered",
                 renamed_to=printable(dest.name) if renamed and dest else None,
             )
-        elif outcome is Outcome.DUPLICATE:
+        elif outcome is TransferOutcome.DUPLICATE:
             self.metrics.files_duplicate.inc()
             log.info("file.duplicate", **fields, outcome="duplicate")
         else:

@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 RUN_ENV := WATCHER_INBOX="$${WATCHER_INBOX:-./data/inbox}" WATCHER_OUTBOX="$${WATCHER_OUTBOX:-./data/outbox}" \
 	WATCHER_STATE_DIR="$${WATCHER_STATE_DIR:-./data/state}"
 
-.PHONY: run test lint typecheck unit deploy-tools bench bench-smoke soak clean
+.PHONY: run test lint typecheck unit deploy-tools bench bench-smoke soak clean image image-test
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11" >&2; exit 1; }
@@ -35,6 +35,16 @@ typecheck: $(STAMP)
 # Under CI=true a missing tool is an error; elsewhere the tests that need it say what was not checked.
 deploy-tools:
 	@bash deploy/tools/ensure-debian-tools.sh
+
+# deploy/Dockerfile built with buildah (no Docker engine) and tagged as the kustomize base deploys
+# it, ghcr.io/watcher/watcher:<version>. Without a registry the base is built from Debian's packages.
+# Variables: IMAGE, BASE, PIP_INDEX_URL, IIDFILE (deploy/image/build.sh says what they do).
+image: deploy-tools
+	@bash deploy/image/build.sh
+
+# The image test alone (it is also part of `make test`): make image, then the run as the pod runs it.
+image-test: $(STAMP) deploy-tools
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/deploy/test_image.py
 
 test: $(STAMP) deploy-tools lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider

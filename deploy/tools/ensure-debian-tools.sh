@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# Installs the Debian-only tools the checks use: promtool (package prometheus) and
-# inotifywait (package inotify-tools). Under CI=true a tool that cannot be had is an error.
+# Installs the Debian-only tools the checks use: promtool (package prometheus), inotifywait
+# (inotify-tools), and the container tools of `make image` and its test: buildah, podman, runc
+# (podman's runtime here: crun refuses a hybrid cgroup layout) and debootstrap (the base image built
+# from Debian's packages where no registry can be reached). Under CI=true a tool that cannot be had
+# is an error.
 set -euo pipefail
+PATH=$PATH:/usr/sbin:/sbin  # debootstrap lives in /usr/sbin
+# command:package
+tools=(promtool:prometheus inotifywait:inotify-tools buildah:buildah podman:podman runc:runc debootstrap:debootstrap)
 need=()
-command -v promtool >/dev/null 2>&1 || need+=(prometheus)
-command -v inotifywait >/dev/null 2>&1 || need+=(inotify-tools)
+for pair in "${tools[@]}"; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+done
 [ ${#need[@]} -eq 0 ] && exit 0
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
   echo "installing ${need[*]} with apt-get" >&2
@@ -13,8 +20,9 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 missing=()
-command -v promtool >/dev/null 2>&1 || missing+=(promtool)
-command -v inotifywait >/dev/null 2>&1 || missing+=(inotifywait)
+for pair in "${tools[@]}"; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair%%:*}")
+done
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "${CI:-}" = "true" ]; then
     echo "error: ${missing[*]} missing and could not be installed with apt-get (run as root on Debian)" >&2

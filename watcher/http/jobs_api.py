@@ -9,8 +9,6 @@ valid fields (422, the message naming each).
 
 from __future__ import annotations
 
-import hmac
-import json
 import re
 from collections.abc import Awaitable, Callable
 from functools import wraps
@@ -20,7 +18,9 @@ from pydantic import SecretStr, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from watcher.http.errors import ApiError, bad_request, payload_too_large, unprocessable, unsupported_media_type
+from watcher.http.auth import BearerAuth
+from watcher.http.bodies import read_json
+from watcher.http.errors import ApiError, unprocessable
 from watcher.http.openapi import ApiRoute, Endpoint, Operation, Reply, errors
 from watcher.jobs.errors import InvalidJob, JobConflict, JobNotFound, SchedulerUnavailable
 from watcher.jobs.service import JobService
@@ -35,81 +35,8 @@ from watcher.jobs.specs import (
     field_errors,
 )
 
-MAX_BODY = 64 * 1024
 _ID = re.compile(JOB_ID_PATTERN)
 _ID_PARAM = {"id": {"type": "string", "pattern": JOB_ID_SCHEMA_PATTERN}}
-_WWW_AUTHENTICATE = {"WWW-Authenticate": "Bearer"}
-
-
-# ---- authentication ------------------------------------------------------------------------------
-
-
-class BearerAuth:
-    """Checks ``Authorization: Bearer <WATCHER_API_TOKEN>`` on mutating calls."""
-
-    def __init__(self, token: SecretStr | None) -> None:
-        """Keep the token's bytes; None leaves the API read-only."""
-        self._token = token.get_secret_value().encode("utf-8") if token is not None else None
-
-    def check(self, request: Request) -> None:
-        """Raise 403 when no token is configured, 401 unless the header carries the token."""
-        if self._token is None:
-            raise ApiError(
-                403,
-                "api_disabled",
-                "mutating calls are disabled: set WATCHER_API_TOKEN to enable them, "
-                "then send it as 'Authorization: Bearer <token>'",
-            )
-        header = request.headers.get("authorization")
-        if header is None:
-            raise ApiError(401, "unauthorized", "missing 'Authorization: Bearer <token>'", _WWW_AUTHENTICATE)
-        scheme, _, credentials = header.partition(" ")
-        # RFC 7235 makes the scheme case-insensitive; we accept exactly one spelling, so a client
-        # bug shows at once instead of working against some servers and not others.
-        if scheme != "Bearer" or not credentials:
-            raise ApiError(401, "unauthorized", "the Authorization header must be 'Bearer <token>'", _WWW_AUTHENTICATE)
-        # Starlette decodes header bytes as latin-1: encoding back gives the bytes that were sent.
-        if not hmac.compare_digest(credentials.encode("latin-1"), self._token):
-            raise ApiError(401, "unauthorized", "the bearer token is wrong", _WWW_AUTHENTICATE)
-
-
-# ---- bodies --------------------------------------------------------------------------------------
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _has_body(request: Request) -> bool:
-    length = request.headers.get("content-length")
-    return "transfer-encoding" in request.headers or (length is not None and length.strip() not in ("", "0"))
-
-
-async def read_json(request: Request, *, required: bool) -> Any:
-    """The JSON body (None when optional and absent), enforcing type, size and syntax."""
-    if not required and not _has_body(request):
-        return None
-    content_type = request.headers.get("content-type")
-    if content_type is None or content_type.split(";", 1)[0].strip().lower() != "application/json":
-        raise unsupported_media_type(content_type)
-    length = request.headers.get("content-length", "")
-    if length.strip().isdigit() and int(length) > MAX_BODY:
-        raise payload_too_large(MAX_BODY)  # early answer; the stream below is what enforces it
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise payload_too_large(MAX_BODY)
-    if not body:
-        if required:
-            raise bad_request("the request needs a JSON body")
-        return None
-    try:
-        return json.loads(bytes(body), parse_constant=_reject_constant)
-    except json.JSONDecodeError as exc:
-        raise bad_request(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    except (ValueError, RecursionError) as exc:
-        raise bad_request(f"malformed JSON: {exc}") from None
 
 
 def _object(body: Any) -> dict[str, Any]:

@@ -6,7 +6,10 @@
 - :mod:`~watcher.jobs.runner`: the one function every stored job names
 - :mod:`~watcher.jobs.context`: how that function finds the running service
 - :mod:`~watcher.jobs.history`: the run history table
-- :mod:`~watcher.jobs.service`: :class:`JobService`, the scheduler's owner
+- :mod:`~watcher.jobs.scheduler`: APScheduler's scheduler, surviving store outages
+- :mod:`~watcher.jobs.runtime`: :class:`~watcher.jobs.runtime.JobRuntime`, the schedule's life cycle and runs
+- :mod:`~watcher.jobs.service`: :class:`JobService`, the jobs API on top of it
+- :mod:`~watcher.jobs.views`: the API's JSON views of jobs and runs
 """
 
 from watcher.jobs.service import JobService

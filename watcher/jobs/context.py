@@ -5,7 +5,7 @@ arguments, and calls that function after a restart in a process that never saw t
 method of the live service cannot be stored that way (its ``self`` holds an event loop, queues and
 threads, none of which can be pickled or should outlive the process), and a closure has no importable
 name. So the stored callable (:func:`watcher.jobs.runner.run_job`) holds only plain data, and looks
-the live runtime up here. :class:`~watcher.jobs.service.JobService` installs itself at start and
+the live runtime up here. :class:`~watcher.jobs.runtime.JobRuntime` installs itself at start and
 removes itself at stop; a job that fires outside that window fails loudly instead of acting on a
 half-built or stopped service.
 

@@ -8,20 +8,14 @@ must be among the exposed samples.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.process import WatcherProcess
 
 pytestmark = pytest.mark.deploy
 
@@ -155,68 +149,20 @@ class Scrape:
         return name in self.samples or name in self.declared
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    if not path.exists():
-        return "(no output)"
-    return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-
-
 @pytest.fixture(scope="module")
 def scrape(tmp_path_factory: pytest.TempPathFactory) -> Scrape:
     """Start `python -m watcher run`, scrape /metrics once it answers, stop it with SIGTERM."""
     root = tmp_path_factory.mktemp("metrics-consistency")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHER_")}
-    env.update(
-        WATCHER_INBOX=str(root / "inbox"),
-        WATCHER_OUTBOX=str(root / "outbox"),
-        WATCHER_STATE_DIR=str(root / "state"),
-        WATCHER_HTTP_HOST="127.0.0.1",
-        WATCHER_HTTP_PORT=str(port),
-        WATCHER_LOG_FORMAT="json",
-    )
-    for key in ("WATCHER_INBOX", "WATCHER_OUTBOX"):
-        Path(env[key]).mkdir()
-    log = root / "watcher.log"
-    url = f"http://127.0.0.1:{port}/metrics"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "watcher", "run"], env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        text = None
-        deadline = time.monotonic() + START_TIMEOUT
-        with httpx.Client(timeout=2.0) as client:
-            while text is None:
-                try:
-                    response = client.get(url)
-                    if response.status_code == 200:
-                        text = response.text
-                except httpx.TransportError:
-                    pass
-                if text is None:
-                    if time.monotonic() > deadline:
-                        pytest.fail(f"GET {url} did not answer 200 within {START_TIMEOUT}s:\n{tail(log)}")
-                    try:  # the pause between attempts doubles as the check that the process still runs
-                        code = proc.wait(timeout=0.1)
-                    except subprocess.TimeoutExpired:
-                        continue
-                    pytest.fail(f"`python -m watcher run` exited with {code} before serving /metrics:\n{tail(log)}")
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=STOP_TIMEOUT)
-        assert code == 0, f"watcher exited with {code} after SIGTERM:\n{tail(log)}"
-        return Scrape.parse(text)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
+    env = {"WATCHER_HTTP_HOST": "127.0.0.1", "WATCHER_LOG_FORMAT": "json"}
+    with WatcherProcess(root, env) as proc:
+        proc.inbox.mkdir()
+        proc.outbox.mkdir()
+        proc.start("live", timeout=START_TIMEOUT)
+        response = proc.http.get("/metrics")
+        assert response.status_code == 200, f"GET /metrics answered {response.status_code}:\n{proc.log_tail()}"
+        code = proc.terminate(STOP_TIMEOUT)
+        assert code == 0, f"watcher exited with {code} after SIGTERM:\n{proc.log_tail()}"
+        return Scrape.parse(response.text)
 
 
 def check(found: list[Selector], scrape: Scrape) -> list[str]:

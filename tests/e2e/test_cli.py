@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.proc import WatcherProcess, run_cli
-from tests.helpers import make_env
+from tests.support.process import WatcherProcess, run_cli
+from tests.support.settings import make_env
 from watcher import __version__
 
 
@@ -108,7 +108,7 @@ def test_configuration_traps_exit_2_naming_the_setting(
 
 def test_missing_outbox_whose_parent_exists_is_created_and_said(tmp_path: Path) -> None:
     settings = make_env(tmp_path)
-    proc = WatcherProcess(settings, tmp_path, tmp_path / "log").start()
+    proc = WatcherProcess(tmp_path, settings, log_path=tmp_path / "log").start()
     try:
         assert (tmp_path / "outbox").is_dir()
         created = [e for e in proc.json_events() if e["event"] == "outbox.created"]

@@ -12,9 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import free_port, wait_until
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
+from tests.support.net import free_port
+from tests.support.process import child_env
+from tests.support.wait import wait_until
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
@@ -23,8 +24,7 @@ def test_make_run_delivers_with_embedded_defaults(tmp_path: Path) -> None:
     # pyproject.toml, so nothing is reinstalled): ./data/... then resolve inside tmp_path.
     (tmp_path / "pyproject.toml").symlink_to(REPO / "pyproject.toml")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHER_")}
-    env["WATCHER_HTTP_PORT"] = str(port)
+    env = child_env({"WATCHER_HTTP_PORT": str(port)})
     proc = subprocess.Popen(
         ["make", "-s", "-f", str(REPO / "Makefile"), "run", f"VENV={sys.prefix}"],
         cwd=tmp_path,

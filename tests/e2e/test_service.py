@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.proc import WatcherProcess
-from tests.helpers import free_port, make_env, tree, wait_until
+from tests.support.fs import all_entries, tree
+from tests.support.process import WatcherProcess
+from tests.support.settings import make_env
+from tests.support.wait import wait_until
 from watcher.pipeline.transfer import is_temp_name
 
 
@@ -19,47 +21,38 @@ def service_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {**make_env(tmp_path, settle_seconds="0.5"), **extra}
 
 
-def all_names(root: Path) -> list[str]:
-    return [name for _, dirs, files in os.walk(root) for name in files + dirs]
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    path.write_bytes(data)
-
-
 def test_make_run_like_defaults_deliver_a_file(tmp_path: Path) -> None:
     env = {
         "WATCHER_INBOX": "./data/inbox",
         "WATCHER_OUTBOX": "./data/outbox",
         "WATCHER_STATE_DIR": "./data/state",
-        "WATCHER_HTTP_PORT": str(free_port()),
     }
     (tmp_path / "data").mkdir()  # as `make run` does: the outbox's parent must exist
-    proc = WatcherProcess(env, tmp_path, tmp_path / "watcher.log").start()
+    proc = WatcherProcess(tmp_path, env).start()
     try:
         (tmp_path / "data/inbox/hello.txt").write_text("hello")
         wait_until(lambda: (tmp_path / "data/outbox/hello.txt").exists(), 15, "delivery")
         assert (tmp_path / "data/outbox/hello.txt").read_text() == "hello"
-        wait_until(lambda: proc.get("/health/ready").status_code == 200, 10, "ready")
+        wait_until(lambda: proc.http.get("/health/ready").status_code == 200, 10, "ready")
         assert proc.terminate() == 0
     finally:
-        proc.stop_quietly()
+        proc.close()
 
 
 def test_json_logs_every_line_parses(tmp_path: Path) -> None:
     env = service_env(tmp_path, WATCHER_OBSERVER="inotify")
-    proc = WatcherProcess(env, tmp_path, tmp_path / "watcher.log").start()
+    proc = WatcherProcess(tmp_path, env).start()
     try:
         inbox = tmp_path / "inbox"
         for i in range(5):
             (inbox / f"f{i}.txt").write_text(str(i))
         (inbox / "bad\udcff-name.txt").write_bytes(b"non-utf8 name")
         wait_until(lambda: len(tree(tmp_path / "outbox")) == 6, 15, "deliveries")
-        proc.get("/metrics")
-        proc.get("/no/such/route")
+        proc.http.get("/metrics")
+        proc.http.get("/no/such/route")
         assert proc.terminate() == 0
     finally:
-        proc.stop_quietly()
+        proc.close()
     events = proc.json_events()  # raises on any non-JSON line
     names = [e["event"] for e in events]
     assert "service.started" in names and "service.stopped" in names
@@ -105,7 +98,7 @@ def test_sigkill_during_burst_then_restart_is_exactly_once(tmp_path: Path, outbo
     staging = tmp_path / "staging"
     staging.mkdir()
     rng = random.Random(seed)
-    proc = WatcherProcess(env, tmp_path, tmp_path / "watcher.log").start()
+    proc = WatcherProcess(tmp_path, env).start()
     result: dict[str, dict[str, bytes]] = {}
     stop = threading.Event()
     writer = threading.Thread(target=lambda: result.update(files=_burst(inbox, staging, 1500, seed, stop)))
@@ -115,7 +108,7 @@ def test_sigkill_during_burst_then_restart_is_exactly_once(tmp_path: Path, outbo
             delivered_before = len(tree(outbox)) if outbox.exists() else 0
             goal = delivered_before + rng.randint(5, 60)
             wait_until(
-                lambda: len(all_names(outbox)) > goal or not writer.is_alive(),  # noqa: B023 - used at once
+                lambda: len(all_entries(outbox)) > goal or not writer.is_alive(),  # noqa: B023 - used at once
                 60,
                 "progress",
             )
@@ -130,11 +123,11 @@ def test_sigkill_during_burst_then_restart_is_exactly_once(tmp_path: Path, outbo
         assert delivered == expected, (
             f"seed={seed}: missing {len(set(expected) - set(delivered))}, extra {sorted(set(delivered) - set(expected))[:5]}"
         )
-        assert not [n for n in all_names(outbox) if is_temp_name(n)], f"seed={seed}: temp files left"
+        assert not [n for n in all_entries(outbox) if is_temp_name(n)], f"seed={seed}: temp files left"
         assert not tree(tmp_path / "state" / "failed")
     finally:
         stop.set()
-        proc.stop_quietly()
+        proc.close()
         if shm is not None:
             import shutil
 
@@ -144,7 +137,7 @@ def test_sigkill_during_burst_then_restart_is_exactly_once(tmp_path: Path, outbo
 def test_sigterm_mid_burst_exits_0_and_loses_nothing(tmp_path: Path) -> None:
     env = service_env(tmp_path, WATCHER_SHUTDOWN_TIMEOUT="10")
     inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
-    proc = WatcherProcess(env, tmp_path, tmp_path / "watcher.log").start()
+    proc = WatcherProcess(tmp_path, env).start()
     expected = {f"f{i:04d}.bin": os.urandom(random.randint(0, 64 * 1024)) for i in range(800)}
     try:
         for i, (name, data) in enumerate(expected.items()):
@@ -163,5 +156,5 @@ def test_sigterm_mid_burst_exits_0_and_loses_nothing(tmp_path: Path) -> None:
         assert tree(outbox) == expected and not tree(inbox)
         assert proc.terminate() == 0
     finally:
-        proc.stop_quietly()
+        proc.close()
     assert json.loads(proc.log_lines()[-1])["event"] == "service.stopped"

@@ -13,7 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import await_until, make_settings, metric_value, running, tree
+from tests.support.fs import tree
+from tests.support.service import metric_value, running
+from tests.support.settings import make_settings
+from tests.support.wait import await_until
 from watcher.config import Settings
 
 

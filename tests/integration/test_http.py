@@ -7,7 +7,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import await_until, make_settings, metric_value, running
+from tests.support.service import metric_value, running
+from tests.support.settings import make_settings
+from tests.support.wait import await_until
 
 CONTRACT_METRICS = [
     'watcher_files_discovered_total{source="event"}',

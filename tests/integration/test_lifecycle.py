@@ -23,8 +23,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.proc import run_cli
-from tests.helpers import make_env, make_settings, wait_until
+from tests.support.process import run_cli
+from tests.support.settings import make_env, make_settings
+from tests.support.wait import wait_until
 from watcher import service as service_module
 from watcher.http.server import HttpServer
 from watcher.jobs import JobService

@@ -21,8 +21,11 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from tests.helpers import await_until, make_settings, metric_value, running, tree, wait_until
 from tests.reliability.support import MiB, shm_dir, temp_files
+from tests.support.fs import tree
+from tests.support.service import metric_value, running
+from tests.support.settings import make_settings
+from tests.support.wait import await_until, wait_until
 from watcher.pipeline.outbox_gate import OutboxGate
 from watcher.pipeline.quarantine import SIDECAR_SUFFIX, move_to_failed
 from watcher.pipeline.transfer import TransferOutcome, UnsafeTargetPath, deliver, deliver_batch, is_temp_name

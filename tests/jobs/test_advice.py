@@ -20,14 +20,16 @@ from collections.abc import Callable, Iterator
 import pytest
 import yaml
 
-from tests.jobs.conftest import AUTH, REPO, TOKEN, Watcher, wait_for
+from tests.support import REPO
+from tests.support.process import AUTH, TOKEN, WatcherProcess
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
 CALL = re.compile(r"\b(GET|POST|PATCH|DELETE) (/jobs/\S*[\w}])")
 
 
-def test_the_error_json_action_works_verbatim_on_a_fresh_service(make_watcher: Callable[..., Watcher]) -> None:
+def test_the_error_json_action_works_verbatim_on_a_fresh_service(make_watcher: Callable[..., WatcherProcess]) -> None:
     w = make_watcher(max_attempts="1")
     jobs = {job["id"]: job for job in w.http.get("/jobs").json()["jobs"]}
     assert jobs["retry_failed"]["kind"] == "retry_failed" and jobs["retry_failed"]["paused"] is True
@@ -36,7 +38,7 @@ def test_the_error_json_action_works_verbatim_on_a_fresh_service(make_watcher: C
     (w.inbox / "sub").mkdir()
     (w.inbox / "sub" / "a.txt").write_bytes(b"payload")
     sidecar = w.failed / "sub" / "a.txt.error.json"
-    wait_for(sidecar.is_file, 20, "the file to be quarantined with its .error.json")
+    wait_until(sidecar.is_file, 20, "the file to be quarantined with its .error.json")
 
     action = json.loads(sidecar.read_text())["action"]
     calls = CALL.findall(action)
@@ -45,10 +47,10 @@ def test_the_error_json_action_works_verbatim_on_a_fresh_service(make_watcher: C
     for method, path in calls:
         r = w.http.request(method, path, headers=AUTH)
         assert r.status_code == 200, (action, r.status_code, r.text)
-    wait_for(lambda: (w.outbox / "sub" / "a.txt").is_file(), 20, "the retried file to be delivered")
+    wait_until(lambda: (w.outbox / "sub" / "a.txt").is_file(), 20, "the retried file to be delivered")
     assert (w.outbox / "sub" / "a.txt").read_bytes() == b"payload"
     assert not (w.failed / "sub" / "a.txt").exists() and not sidecar.exists()
-    run = w.runs("retry_failed")[0]
+    run = w.http.runs("retry_failed")[0]
     assert run["outcome"] == "success" and run["detail"]["files_moved"] == 1, run
 
 
@@ -78,7 +80,7 @@ def _complete(command: str) -> bool:
 
 
 def test_every_jobs_call_in_the_readme_works_verbatim_on_a_fresh_service(
-    make_watcher: Callable[..., Watcher],
+    make_watcher: Callable[..., WatcherProcess],
 ) -> None:
     if shutil.which("curl") is None:
         pytest.skip("README curl advice NOT checked: curl missing")
@@ -107,7 +109,9 @@ def _expand(command: str, env: dict[str, str]) -> str:
     return re.sub(r"\$(\w+)", lambda m: env.get(m.group(1), m.group(0)), command)
 
 
-def test_the_alert_advice_names_calls_that_work_for_every_exported_job(make_watcher: Callable[..., Watcher]) -> None:
+def test_the_alert_advice_names_calls_that_work_for_every_exported_job(
+    make_watcher: Callable[..., WatcherProcess],
+) -> None:
     w = make_watcher()
     rules = yaml.safe_load((REPO / "deploy" / "prometheus" / "rules.yml").read_text())
     texts = [

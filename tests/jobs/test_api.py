@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.jobs.conftest import AUTH, TOKEN, Watcher, wait_for
+from tests.support.process import AUTH, TOKEN, WatcherProcess
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -59,7 +60,7 @@ BAD_AUTH = {
 @pytest.mark.parametrize(("method", "path"), MUTATIONS)
 @pytest.mark.parametrize("header", list(BAD_AUTH.values()), ids=list(BAD_AUTH))
 def test_mutations_without_the_bearer_token_are_401(
-    watcher: Watcher, method: str, path: str, header: str | None
+    watcher: WatcherProcess, method: str, path: str, header: str | None
 ) -> None:
     headers = {"Content-Type": "application/json"}
     if header is not None:
@@ -78,13 +79,13 @@ def test_mutations_without_the_bearer_token_are_401(
     assert job["paused"] is False
 
 
-def test_reads_are_open(watcher: Watcher) -> None:
+def test_reads_are_open(watcher: WatcherProcess) -> None:
     for path in ("/jobs", "/jobs/rescan", "/jobs/rescan/runs", "/openapi.json", "/health/live", "/metrics"):
         assert watcher.http.get(path).status_code == 200, path
 
 
 def test_without_a_token_mutations_are_403_and_say_how_to_enable_them(
-    make_watcher: Callable[..., Watcher],
+    make_watcher: Callable[..., WatcherProcess],
 ) -> None:
     w = make_watcher(api_token=None)
     for method, path in MUTATIONS:
@@ -98,9 +99,9 @@ def test_without_a_token_mutations_are_403_and_say_how_to_enable_them(
 # ---- the life of a job -----------------------------------------------------------------------------
 
 
-def test_create_list_get_patch_pause_resume_run_delete(watcher: Watcher) -> None:
+def test_create_list_get_patch_pause_resume_run_delete(watcher: WatcherProcess) -> None:
     http = watcher.http
-    created = watcher.create({"id": "life", "kind": "purge", "trigger": CRON, "args": PURGE})
+    created = watcher.http.create({"id": "life", "kind": "purge", "trigger": CRON, "args": PURGE})
     assert created == {
         "id": "life",
         "kind": "purge",
@@ -132,7 +133,7 @@ def test_create_list_get_patch_pause_resume_run_delete(watcher: Watcher) -> None
     resumed = http.post("/jobs/life/resume", headers=AUTH).json()
     assert resumed["paused"] is False and resumed["next_run_time"] is not None
 
-    run = watcher.run_now("life", before=0)
+    run = watcher.http.run_now("life", before=0)
     assert run["outcome"] == "success", run
     assert run["error"] is None
     assert run["detail"] == {"target": "outbox", "files_removed": 0, "bytes_removed": 0, "dirs_removed": 0}
@@ -157,14 +158,14 @@ def test_create_list_get_patch_pause_resume_run_delete(watcher: Watcher) -> None
         error(http.request(method, path, headers=AUTH, json={} if method == "PATCH" else None), 404)
 
 
-def test_an_id_is_generated_when_absent(watcher: Watcher) -> None:
-    job = watcher.create({"kind": "sweep", "trigger": CRON})
+def test_an_id_is_generated_when_absent(watcher: WatcherProcess) -> None:
+    job = watcher.http.create({"kind": "sweep", "trigger": CRON})
     assert job["id"] and watcher.http.get(f"/jobs/{job['id']}").status_code == 200
     assert job["args"] == {"older_than_seconds": 3600}
 
 
-def test_a_duplicate_id_is_409(watcher: Watcher) -> None:
-    watcher.create({"id": "twice", "kind": "rescan", "trigger": CRON})
+def test_a_duplicate_id_is_409(watcher: WatcherProcess) -> None:
+    watcher.http.create({"id": "twice", "kind": "rescan", "trigger": CRON})
     r = watcher.http.post("/jobs", json={"id": "twice", "kind": "sweep", "trigger": CRON}, headers=AUTH)
     assert "twice" in error(r, 409)["message"]
     assert error(
@@ -189,8 +190,8 @@ TRIGGERS: dict[str, dict[str, Any]] = {
 
 
 @pytest.mark.parametrize("trigger", list(TRIGGERS.values()), ids=list(TRIGGERS))
-def test_every_trigger_type(watcher: Watcher, trigger: dict[str, Any]) -> None:
-    job = watcher.create({"kind": "rescan", "trigger": trigger})
+def test_every_trigger_type(watcher: WatcherProcess, trigger: dict[str, Any]) -> None:
+    job = watcher.http.create({"kind": "rescan", "trigger": trigger})
     assert job["trigger"] == trigger
     assert job["next_run_time"] is not None
     assert datetime.fromisoformat(job["next_run_time"]).utcoffset() is not None
@@ -201,8 +202,8 @@ def test_every_trigger_type(watcher: Watcher, trigger: dict[str, Any]) -> None:
     assert watcher.http.get(f"/jobs/{job['id']}").json() == job
 
 
-def test_naive_datetimes_are_read_in_the_configured_timezone(watcher: Watcher) -> None:
-    job = watcher.create({"kind": "rescan", "trigger": {"type": "date", "run_date": "2031-06-01T12:00:00"}})
+def test_naive_datetimes_are_read_in_the_configured_timezone(watcher: WatcherProcess) -> None:
+    job = watcher.http.create({"kind": "rescan", "trigger": {"type": "date", "run_date": "2031-06-01T12:00:00"}})
     assert job["trigger"]["run_date"] == "2031-06-01T12:00:00+00:00"  # WATCHER_TIMEZONE is UTC here
 
 
@@ -215,13 +216,13 @@ def test_naive_datetimes_are_read_in_the_configured_timezone(watcher: Watcher) -
         ("sweep", {"older_than_seconds": 60}, {"older_than_seconds": 60}),
     ],
 )
-def test_every_kind(watcher: Watcher, kind: str, args: dict[str, Any] | None, stored: dict[str, Any]) -> None:
+def test_every_kind(watcher: WatcherProcess, kind: str, args: dict[str, Any] | None, stored: dict[str, Any]) -> None:
     body: dict[str, Any] = {"kind": kind, "trigger": CRON}
     if args is not None:
         body["args"] = args
-    job = watcher.create(body)
+    job = watcher.http.create(body)
     assert (job["kind"], job["args"]) == (kind, stored)
-    run = watcher.run_now(job["id"], before=0)
+    run = watcher.http.run_now(job["id"], before=0)
     assert run["outcome"] == "success", run
 
 
@@ -302,7 +303,7 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
 
 
 @pytest.mark.parametrize(("body", "field"), [(b, f) for _, b, f in INVALID], ids=[n for n, _, _ in INVALID])
-def test_invalid_fields_are_422_naming_the_field(watcher: Watcher, body: dict[str, Any], field: str) -> None:
+def test_invalid_fields_are_422_naming_the_field(watcher: WatcherProcess, body: dict[str, Any], field: str) -> None:
     before = watcher.http.get("/jobs").json()["total"]
     err = error(watcher.http.post("/jobs", json=body, headers=AUTH), 422)
     assert err["code"] == "validation_error"
@@ -320,15 +321,15 @@ def test_invalid_fields_are_422_naming_the_field(watcher: Watcher, body: dict[st
         ([], "body"),
     ],
 )
-def test_invalid_patches_are_422_and_change_nothing(watcher: Watcher, body: Any, field: str) -> None:
-    job = watcher.create({"kind": "purge", "trigger": CRON, "args": PURGE})
+def test_invalid_patches_are_422_and_change_nothing(watcher: WatcherProcess, body: Any, field: str) -> None:
+    job = watcher.http.create({"kind": "purge", "trigger": CRON, "args": PURGE})
     err = error(watcher.http.patch(f"/jobs/{job['id']}", json=body, headers=AUTH), 422)
     assert err["message"].startswith(f"{field}:"), err["message"]
     assert watcher.http.get(f"/jobs/{job['id']}").json() == job
 
 
 @pytest.mark.parametrize("kind", ["os:system", "builtins:eval", "subprocess:run", "watcher.jobs.kinds:purge_files"])
-def test_an_import_path_kind_is_422_and_nothing_runs(watcher: Watcher, kind: str) -> None:
+def test_an_import_path_kind_is_422_and_nothing_runs(watcher: WatcherProcess, kind: str) -> None:
     canary = watcher.root / f"canary-{kind.replace(':', '-')}"
     body = {
         "id": "evil",
@@ -342,37 +343,37 @@ def test_an_import_path_kind_is_422_and_nothing_runs(watcher: Watcher, kind: str
     error(watcher.http.get("/jobs/evil"), 404)
     error(watcher.http.get("/jobs/evil/runs"), 404)
     # A job that does run afterwards proves the scheduler had its chance; the canary never appears.
-    probe = watcher.create({"kind": "rescan", "trigger": CRON})
-    assert watcher.run_now(probe["id"], before=0)["outcome"] == "success"
+    probe = watcher.http.create({"kind": "rescan", "trigger": CRON})
+    assert watcher.http.run_now(probe["id"], before=0)["outcome"] == "success"
     assert not canary.exists()
 
 
-def test_resume_of_a_job_without_future_runs_is_409(watcher: Watcher) -> None:
+def test_resume_of_a_job_without_future_runs_is_409(watcher: WatcherProcess) -> None:
     end = future(3)
-    job = watcher.create({"kind": "rescan", "trigger": {"type": "interval", "seconds": 2, "end_date": end}})
+    job = watcher.http.create({"kind": "rescan", "trigger": {"type": "interval", "seconds": 2, "end_date": end}})
     assert watcher.http.post(f"/jobs/{job['id']}/pause", headers=AUTH).json()["paused"] is True
-    wait_for(lambda: datetime.now(UTC) > datetime.fromisoformat(end), 5, "the end date to pass")
+    wait_until(lambda: datetime.now(UTC) > datetime.fromisoformat(end), 5, "the end date to pass")
     assert error(watcher.http.post(f"/jobs/{job['id']}/resume", headers=AUTH), 409)["code"] == "conflict"
     assert watcher.http.get(f"/jobs/{job['id']}").json()["paused"] is True
 
 
-def test_a_date_job_runs_once_leaves_the_schedule_and_keeps_its_runs(watcher: Watcher) -> None:
-    job = watcher.create({"kind": "rescan", "trigger": {"type": "date", "run_date": future(1)}})
-    runs = wait_for(lambda: watcher.http.get(f"/jobs/{job['id']}/runs").json().get("runs"), 10, "the date run")
+def test_a_date_job_runs_once_leaves_the_schedule_and_keeps_its_runs(watcher: WatcherProcess) -> None:
+    job = watcher.http.create({"kind": "rescan", "trigger": {"type": "date", "run_date": future(1)}})
+    runs = wait_until(lambda: watcher.http.get(f"/jobs/{job['id']}/runs").json().get("runs"), 10, "the date run")
     assert [r["outcome"] for r in runs] == ["success"]
-    wait_for(lambda: watcher.http.get(f"/jobs/{job['id']}").status_code == 404, 5, "the finished job to leave")
+    wait_until(lambda: watcher.http.get(f"/jobs/{job['id']}").status_code == 404, 5, "the finished job to leave")
     assert watcher.http.delete(f"/jobs/{job['id']}", headers=AUTH).status_code == 204  # drops the history
     error(watcher.http.get(f"/jobs/{job['id']}/runs"), 404)
 
 
-def test_history_keeps_the_newest_100_runs(watcher: Watcher) -> None:
-    job = watcher.create({"kind": "purge", "trigger": CRON, "args": PURGE})
+def test_history_keeps_the_newest_100_runs(watcher: WatcherProcess) -> None:
+    job = watcher.http.create({"kind": "purge", "trigger": CRON, "args": PURGE})
     for _ in range(101):
         assert watcher.http.post(f"/jobs/{job['id']}/run", headers=AUTH).status_code == 200
     metric = f'watcher_job_runs_total{{job_id="{job["id"]}",outcome="success"}} 101.0'
-    wait_for(lambda: metric in watcher.http.get("/metrics").text, 30, "101 runs")
-    wait_for(lambda: len(watcher.runs(job["id"])) == 100, 10, "100 runs kept")
-    runs = watcher.runs(job["id"])
+    wait_until(lambda: metric in watcher.http.get("/metrics").text, 30, "101 runs")
+    wait_until(lambda: len(watcher.http.runs(job["id"])) == 100, 10, "100 runs kept")
+    runs = watcher.http.runs(job["id"])
     started = [datetime.fromisoformat(r["started_at"]) for r in runs]
     assert started == sorted(started, reverse=True)
 
@@ -383,7 +384,7 @@ def test_history_keeps_the_newest_100_runs(watcher: Watcher) -> None:
 @pytest.mark.parametrize(
     ("method", "path"), [("POST", "/jobs"), ("PATCH", "/jobs/rescan"), ("POST", "/jobs/rescan/pause")]
 )
-def test_malformed_json_is_400(watcher: Watcher, method: str, path: str) -> None:
+def test_malformed_json_is_400(watcher: WatcherProcess, method: str, path: str) -> None:
     for body in (b"{", b'{"kind": }', b"\xff\xfe\x00", b"NaN", b"[" * 60000):
         r = watcher.http.request(method, path, content=body, headers={**AUTH, "Content-Type": "application/json"})
         assert error(r, 400)["code"] == "malformed_json"
@@ -393,7 +394,9 @@ def test_malformed_json_is_400(watcher: Watcher, method: str, path: str) -> None
     "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"]
 )
 @pytest.mark.parametrize(("method", "path"), [("POST", "/jobs"), ("PATCH", "/jobs/rescan")])
-def test_a_body_that_is_not_json_is_415(watcher: Watcher, method: str, path: str, content_type: str | None) -> None:
+def test_a_body_that_is_not_json_is_415(
+    watcher: WatcherProcess, method: str, path: str, content_type: str | None
+) -> None:
     headers = dict(AUTH)
     if content_type:
         headers["Content-Type"] = content_type
@@ -405,12 +408,12 @@ def _big_body() -> bytes:
     return json.dumps({"kind": "rescan", "trigger": CRON, "id": "big", "pad": "x" * (70 * 1024)}).encode()
 
 
-def test_a_body_over_64_kib_is_413(watcher: Watcher) -> None:
+def test_a_body_over_64_kib_is_413(watcher: WatcherProcess) -> None:
     r = watcher.http.post("/jobs", content=_big_body(), headers={**AUTH, "Content-Type": "application/json"})
     assert error(r, 413)["code"] == "payload_too_large"
 
 
-def test_a_chunked_body_over_64_kib_is_413_as_it_is_read(watcher: Watcher) -> None:
+def test_a_chunked_body_over_64_kib_is_413_as_it_is_read(watcher: WatcherProcess) -> None:
     body = _big_body()
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: the limit must hold while streaming
@@ -423,7 +426,7 @@ def test_a_chunked_body_over_64_kib_is_413_as_it_is_read(watcher: Watcher) -> No
     error(watcher.http.get("/jobs/big"), 404)
 
 
-def test_a_lying_small_content_length_never_reads_past_it(watcher: Watcher) -> None:
+def test_a_lying_small_content_length_never_reads_past_it(watcher: WatcherProcess) -> None:
     # httpx will not send a body longer than its Content-Length, so a raw socket does; with chunked
     # framing declared too (which wins per RFC 9112), the over-limit body must still be refused.
     body = _big_body()
@@ -456,7 +459,7 @@ def test_a_lying_small_content_length_never_reads_past_it(watcher: Watcher) -> N
 # ---- errors of every route are JSON ----------------------------------------------------------------
 
 
-def test_unknown_routes_and_methods_answer_json(watcher: Watcher) -> None:
+def test_unknown_routes_and_methods_answer_json(watcher: WatcherProcess) -> None:
     assert error(watcher.http.get("/nope"), 404)["code"] == "not_found"
     for odd in ("%00", "a%20b", "%C3%A9t%C3%A9", "x" * 65):
         assert error(watcher.http.get(f"/jobs/{odd}"), 404)["code"] == "not_found"

@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
-from tests.jobs.conftest import Watcher, wait_for
+from tests.support.fs import write_file
+from tests.support.process import WatcherProcess
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -22,7 +24,7 @@ NEVER = {"type": "cron", "expression": "0 3 1 1 *"}  # the runs below are run-no
 
 
 @pytest.fixture(autouse=True)
-def _empty_dirs(watcher: Watcher) -> None:
+def _empty_dirs(watcher: WatcherProcess) -> None:
     """Each test starts with an empty inbox, outbox and failed dir (the watcher is shared)."""
     for root in (watcher.inbox, watcher.outbox, watcher.failed):
         for child in root.iterdir():
@@ -38,37 +40,28 @@ def files_under(root: Path) -> dict[str, bytes]:
     }
 
 
-def write(path: Path, data: bytes, age: float = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    if age:
-        then = time.time() - age
-        os.utime(path, (then, then))
-    return path
-
-
-def run_kind(watcher: Watcher, kind: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_kind(watcher: WatcherProcess, kind: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"kind": kind, "trigger": NEVER}
     if args is not None:
         body["args"] = args
-    job = watcher.create(body)
-    return watcher.run_now(job["id"], before=0)
+    job = watcher.http.create(body)
+    return watcher.http.run_now(job["id"], before=0)
 
 
 def temp_name() -> str:
     return f".watcher-{uuid.uuid4().hex}.tmp"
 
 
-def test_purge_of_the_failed_dir_with_age_0_empties_it_and_leaves_the_outbox(watcher: Watcher) -> None:
-    write(watcher.failed / "a.txt", b"a", age=7200)
-    write(watcher.failed / "a.txt.error.json", b"{}")
-    write(watcher.failed / "sub" / "deep" / "b.bin", os.urandom(1000))
-    write(watcher.failed / "sub" / "deep" / "b.bin.error.json", b"{}")
-    future = write(watcher.failed / "future.txt", b"f")
+def test_purge_of_the_failed_dir_with_age_0_empties_it_and_leaves_the_outbox(watcher: WatcherProcess) -> None:
+    write_file(watcher.failed / "a.txt", b"a", age=7200)
+    write_file(watcher.failed / "a.txt.error.json", b"{}")
+    write_file(watcher.failed / "sub" / "deep" / "b.bin", os.urandom(1000))
+    write_file(watcher.failed / "sub" / "deep" / "b.bin.error.json", b"{}")
+    future = write_file(watcher.failed / "future.txt", b"f")
     os.utime(future, (time.time() + 3600, time.time() + 3600))  # a writer's clock ahead: still purged at 0
     kept = {"keep.txt": b"outbox stays", "sub/keep2.txt": b"me too"}
     for rel, data in kept.items():
-        write(watcher.outbox / rel, data, age=7200)
+        write_file(watcher.outbox / rel, data, age=7200)
 
     run = run_kind(watcher, "purge", {"target": "failed", "older_than_seconds": 0})
 
@@ -79,11 +72,11 @@ def test_purge_of_the_failed_dir_with_age_0_empties_it_and_leaves_the_outbox(wat
     assert files_under(watcher.outbox) == kept
 
 
-def test_purge_of_the_outbox_by_age_spares_young_files_temp_files_and_symlinks(watcher: Watcher) -> None:
-    elsewhere = write(watcher.root / "elsewhere" / "target.txt", b"not ours", age=7200)
-    old = write(watcher.outbox / "old" / "report.csv", b"old", age=7200)
-    young = write(watcher.outbox / "young.csv", b"young")
-    in_progress = write(watcher.outbox / "old" / temp_name(), b"partial", age=7200)
+def test_purge_of_the_outbox_by_age_spares_young_files_temp_files_and_symlinks(watcher: WatcherProcess) -> None:
+    elsewhere = write_file(watcher.root / "elsewhere" / "target.txt", b"not ours", age=7200)
+    old = write_file(watcher.outbox / "old" / "report.csv", b"old", age=7200)
+    young = write_file(watcher.outbox / "young.csv", b"young")
+    in_progress = write_file(watcher.outbox / "old" / temp_name(), b"partial", age=7200)
     link = watcher.outbox / "link.txt"
     link.symlink_to(elsewhere)
     os.utime(link, (time.time() - 7200,) * 2, follow_symlinks=False)
@@ -98,34 +91,37 @@ def test_purge_of_the_outbox_by_age_spares_young_files_temp_files_and_symlinks(w
     assert old.parent.is_dir()  # still holds the temp file
 
 
-def test_retry_failed_delivers_quarantined_files_and_never_their_sidecars(watcher: Watcher) -> None:
+def test_retry_failed_delivers_quarantined_files_and_never_their_sidecars(watcher: WatcherProcess) -> None:
     payload = {"sub/dir/a.txt": b"alpha" * 1000, "b.bin": os.urandom(200_000), "c d (1).txt": b"spaces"}
     for rel, data in payload.items():
-        write(watcher.failed / rel, data, age=600)
-        write(watcher.failed / f"{rel}.error.json", b'{"error": "disk full"}')
-    write(watcher.failed / "orphan.txt.error.json", b"{}")  # a sidecar without its file stays put
-    in_progress = write(watcher.failed / temp_name(), b"a quarantine move in progress")
+        write_file(watcher.failed / rel, data, age=600)
+        write_file(watcher.failed / f"{rel}.error.json", b'{"error": "disk full"}')
+    write_file(watcher.failed / "orphan.txt.error.json", b"{}")  # a sidecar without its file stays put
+    in_progress = write_file(watcher.failed / temp_name(), b"a quarantine move in progress")
 
     run = run_kind(watcher, "retry_failed")
 
     assert run["outcome"] == "success", run
     assert run["detail"] == {"files_moved": 3, "sidecars_removed": 3, "conflicts": 0}
-    wait_for(lambda: all((watcher.outbox / rel).is_file() for rel in payload), 15, "the retried files delivered")
+    wait_until(lambda: all((watcher.outbox / rel).is_file() for rel in payload), 15, "the retried files delivered")
     delivered = files_under(watcher.outbox)
     for rel, data in payload.items():
         assert delivered[rel] == data
     assert not [rel for rel in delivered if rel.endswith(".error.json")]
-    wait_for(lambda: not files_under(watcher.inbox), 10, "an empty inbox")
+    wait_until(lambda: not files_under(watcher.inbox), 10, "an empty inbox")
     assert set(files_under(watcher.failed)) == {"orphan.txt.error.json", in_progress.name}
 
 
-def test_sweep_removes_our_stale_temp_files_only(watcher: Watcher) -> None:
+def test_sweep_removes_our_stale_temp_files_only(watcher: WatcherProcess) -> None:
     temps = [
-        write(watcher.outbox / temp_name(), b"x" * 10),
-        write(watcher.outbox / "deep" / "er" / temp_name(), b"y" * 20),
-        write(watcher.failed / temp_name(), b"z" * 30),
+        write_file(watcher.outbox / temp_name(), b"x" * 10),
+        write_file(watcher.outbox / "deep" / "er" / temp_name(), b"y" * 20),
+        write_file(watcher.failed / temp_name(), b"z" * 30),
     ]
-    others = [write(watcher.outbox / "deep" / "real.txt", b"real"), write(watcher.outbox / ".watcher-notes.txt", b"n")]
+    others = [
+        write_file(watcher.outbox / "deep" / "real.txt", b"real"),
+        write_file(watcher.outbox / ".watcher-notes.txt", b"n"),
+    ]
 
     run = run_kind(watcher, "sweep", {"older_than_seconds": 0})
 
@@ -134,12 +130,12 @@ def test_sweep_removes_our_stale_temp_files_only(watcher: Watcher) -> None:
     assert not any(t.exists() for t in temps)
     assert all(o.exists() for o in others)
     # the default keeps young temp files: they may belong to a delivery in progress
-    young = write(watcher.outbox / temp_name(), b"in flight")
+    young = write_file(watcher.outbox / temp_name(), b"in flight")
     assert run_kind(watcher, "sweep")["detail"]["files_removed"] == 0
     assert young.exists()
 
 
-def test_rescan_reports_the_files_it_found(watcher: Watcher) -> None:
+def test_rescan_reports_the_files_it_found(watcher: WatcherProcess) -> None:
     run = run_kind(watcher, "rescan")
     assert run["outcome"] == "success", run
     assert isinstance(run["detail"]["files_found"], int)
@@ -164,8 +160,8 @@ def unremovable(path: Path) -> Iterator[None]:
         subprocess.run([chattr, "-i", str(path)], check=True)
 
 
-def test_a_failing_run_is_recorded_as_error_with_its_detail(watcher: Watcher) -> None:
-    stuck = write(watcher.failed / "locked" / "stuck.txt", b"s")
+def test_a_failing_run_is_recorded_as_error_with_its_detail(watcher: WatcherProcess) -> None:
+    stuck = write_file(watcher.failed / "locked" / "stuck.txt", b"s")
     with unremovable(stuck):
         run = run_kind(watcher, "purge", {"target": "failed", "older_than_seconds": 0})
     assert run["outcome"] == "error"

@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from starlette.routing import Route
 
-from tests.jobs.conftest import AUTH, TOKEN, Watcher
+from tests.support.process import AUTH, TOKEN, WatcherProcess
 from watcher.config import load_settings
 from watcher.http.app import Check, create_app
 from watcher.http.jobs_api import job_routes
@@ -52,6 +52,7 @@ EXPECTED_OPERATIONS = {
     ("/jobs/{id}/run", "post"),
     ("/jobs/{id}/runs", "get"),
 }
+RECORD_OPERATIONS = {("/files/{path}", "get"), ("/deliveries", "get"), ("/status", "get")}
 
 
 def operations(document: dict[str, Any]) -> set[tuple[str, str]]:
@@ -84,10 +85,10 @@ async def _zero() -> int:
     return 0
 
 
-def test_the_live_document_is_openapi_3_1_from_the_models(watcher: Watcher) -> None:
+def test_the_live_document_is_openapi_3_1_from_the_models(watcher: WatcherProcess) -> None:
     document = watcher.http.get("/openapi.json").json()
     assert document["openapi"] == "3.1.0"
-    assert operations(document) == EXPECTED_OPERATIONS
+    assert operations(document) == EXPECTED_OPERATIONS | RECORD_OPERATIONS
     schemas = document["components"]["schemas"]
     for schema in schemas.values():
         Draft202012Validator.check_schema(schema)
@@ -108,7 +109,7 @@ def test_the_live_document_is_openapi_3_1_from_the_models(watcher: Watcher) -> N
 
 
 @pytest.fixture(scope="module")
-def live_schema(watcher: Watcher) -> BaseSchema:
+def live_schema(watcher: WatcherProcess) -> BaseSchema:
     return schemathesis.openapi.from_url(f"{watcher.url}/openapi.json", headers=AUTH)
 
 
@@ -119,10 +120,10 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 # pytest 9 removed, so each operation is driven through its public `as_strategy` with hypothesis.
 # Negative data needs something to break: a path parameter or a body. Routes of one job are driven
 # both with generated ids (mostly 404) and with the id of a job that exists (re-created as needed).
-OPS = sorted(EXPECTED_OPERATIONS)
+OPS = sorted(EXPECTED_OPERATIONS | RECORD_OPERATIONS)
 FUZZED = (
     [(p, m, GenerationMode.POSITIVE, False) for p, m in OPS]
-    + [(p, m, GenerationMode.NEGATIVE, False) for p, m in OPS if "{id}" in p or m in ("post", "patch")]
+    + [(p, m, GenerationMode.NEGATIVE, False) for p, m in OPS if "{" in p or m in ("post", "patch")]
     + [(p, m, GenerationMode.POSITIVE, True) for p, m in OPS if "{id}" in p]
     + [(p, m, GenerationMode.NEGATIVE, True) for p, m in OPS if "{id}" in p and m != "get"]
 )
@@ -132,7 +133,7 @@ TARGET_ARGS = {"target": "failed", "older_than_seconds": 864000}
 
 @pytest.mark.parametrize(("path", "method", "mode", "existing"), FUZZED)
 def test_the_live_api_keeps_its_document(
-    live_schema: BaseSchema, watcher: Watcher, path: str, method: str, mode: GenerationMode, existing: bool
+    live_schema: BaseSchema, watcher: WatcherProcess, path: str, method: str, mode: GenerationMode, existing: bool
 ) -> None:
     operation = live_schema[path][method.upper()]
     fixed = {"id": TARGET["id"]} if existing else None
@@ -141,7 +142,7 @@ def test_the_live_api_keeps_its_document(
     @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def check(case: schemathesis.Case[Any]) -> None:
         if existing and watcher.http.get(f"/jobs/{TARGET['id']}").status_code == 404:
-            watcher.create({**TARGET, "args": TARGET_ARGS})
+            watcher.http.create({**TARGET, "args": TARGET_ARGS})
         case.call_and_validate(base_url=watcher.url, headers=AUTH, checks=CHECKS)
 
     check()

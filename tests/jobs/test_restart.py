@@ -15,16 +15,17 @@ from typing import Any
 import pytest
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 
-from tests.jobs.conftest import AUTH, Watcher, wait_for
+from tests.support.process import AUTH, WatcherProcess
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
 
-def jobs_by_id(w: Watcher) -> dict[str, dict[str, Any]]:
+def jobs_by_id(w: WatcherProcess) -> dict[str, dict[str, Any]]:
     return {job["id"]: job for job in w.http.get("/jobs").json()["jobs"]}
 
 
-def test_jobs_and_history_survive_a_restart(make_watcher: Callable[..., Watcher], tmp_path: Path) -> None:
+def test_jobs_and_history_survive_a_restart(make_watcher: Callable[..., WatcherProcess], tmp_path: Path) -> None:
     root = tmp_path / "svc"
     w = make_watcher(root, rescan_interval="1")
     day = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0).isoformat()
@@ -36,13 +37,13 @@ def test_jobs_and_history_survive_a_restart(make_watcher: Callable[..., Watcher]
         {"id": "held", "kind": "purge", "trigger": {"type": "interval", "minutes": 5}, "args": {"target": "failed", "older_than_seconds": 0}},
     ]  # fmt: skip
     for body in bodies:
-        w.create(body)
+        w.http.create(body)
     assert w.http.post("/jobs/held/pause", headers=AUTH).json()["paused"] is True
-    first_run = w.run_now("cron-expr", before=0)
-    second_run = w.run_now("cron-expr", before=1)
-    wait_for(lambda: len(w.runs("rescan")) >= 2, 10, "two runs of the rescan job on its 1 s interval")
+    first_run = w.http.run_now("cron-expr", before=0)
+    second_run = w.http.run_now("cron-expr", before=1)
+    wait_until(lambda: len(w.http.runs("rescan")) >= 2, 10, "two runs of the rescan job on its 1 s interval")
     before = jobs_by_id(w)
-    rescan_runs = w.runs("rescan")
+    rescan_runs = w.http.runs("rescan")
     assert before["rescan"]["trigger"] == {"type": "interval", "seconds": 1}
     assert w.http.post("/jobs/rescan/pause", headers=AUTH).json()["paused"] is True
 
@@ -56,8 +57,8 @@ def test_jobs_and_history_survive_a_restart(make_watcher: Callable[..., Watcher]
             continue  # re-created from the setting at each start, with a fresh next run time
         assert after[job_id] == job, job_id
     assert after["held"]["paused"] is True and after["held"]["next_run_time"] is None
-    assert w.runs("cron-expr") == [second_run, first_run]
-    assert w.runs("rescan")[-len(rescan_runs) :] == rescan_runs
+    assert w.http.runs("cron-expr") == [second_run, first_run]
+    assert w.http.runs("rescan")[-len(rescan_runs) :] == rescan_runs
     # the setting is the rescan job's source of truth at each start: paused no more
     assert after["rescan"]["paused"] is False and after["rescan"]["trigger"] == {"type": "interval", "seconds": 1}
 
@@ -70,7 +71,7 @@ def test_jobs_and_history_survive_a_restart(make_watcher: Callable[..., Watcher]
     assert w.http.get("/jobs/rescan").status_code == 404
     assert w.http.get("/jobs/rescan/runs").status_code == 404
     assert set(jobs_by_id(w)) == set(before) - {"rescan"}
-    wait_for(lambda: (root / "outbox" / "waiting.txt").is_file(), 10, "the start-up scan to deliver")
+    wait_until(lambda: (root / "outbox" / "waiting.txt").is_file(), 10, "the start-up scan to deliver")
 
     # and a new interval is the rescan job's new trigger
     assert w.terminate() == 0
@@ -79,11 +80,11 @@ def test_jobs_and_history_survive_a_restart(make_watcher: Callable[..., Watcher]
 
 
 def test_a_run_missed_by_more_than_the_grace_time_is_recorded_as_missed(
-    make_watcher: Callable[..., Watcher], tmp_path: Path
+    make_watcher: Callable[..., WatcherProcess], tmp_path: Path
 ) -> None:
     root = tmp_path / "svc"
     w = make_watcher(root)
-    w.create({"id": "yearly", "kind": "rescan", "trigger": {"type": "cron", "expression": "0 3 1 1 *"}})
+    w.http.create({"id": "yearly", "kind": "rescan", "trigger": {"type": "cron", "expression": "0 3 1 1 *"}})
     assert w.terminate() == 0
     # While the service is down, the job falls due two hours ago (beyond the 3600 s grace), written
     # through APScheduler's own job store as the scheduler itself would have left it.
@@ -97,7 +98,7 @@ def test_a_run_missed_by_more_than_the_grace_time_is_recorded_as_missed(
     store.shutdown()
 
     w = make_watcher(root)
-    runs = wait_for(lambda: w.runs("yearly"), 10, "the missed run to be recorded")
+    runs = wait_until(lambda: w.http.runs("yearly"), 10, "the missed run to be recorded")
     assert [r["outcome"] for r in runs] == ["missed"]
     assert datetime.fromisoformat(runs[0]["started_at"]) == due
     assert "3600 s" in runs[0]["error"]

@@ -18,8 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import make_settings, metric_value, running
 from tests.reliability.support import chattr_works, immutable
+from tests.support.service import metric_value, running
+from tests.support.settings import make_settings
 from watcher.config import Settings
 from watcher.service import Service
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import random
 import shutil
@@ -24,17 +23,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import make_env, wait_until
+from tests.support.fs import all_entries, digest_file, regular_files
+from tests.support.settings import make_env
 from watcher.pipeline.transfer import is_temp_name
 
 KiB = 1024
 MiB = 1024 * KiB
-
-
-# ---- waiting ---------------------------------------------------------------------------------
-
-
-wait_for = wait_until  # the shared deadline-polling helper, under the name these tests use
 
 
 # ---- privileges and machine state ------------------------------------------------------------
@@ -169,28 +163,7 @@ class Expect:
 
 
 def file_digest(path: Path) -> Expect:
-    with path.open("rb") as handle:
-        digest = hashlib.file_digest(handle, "sha256").hexdigest()
-    return Expect(path.stat().st_size, digest)
-
-
-def regular_files(root: Path) -> list[Path]:
-    """Every regular file under root (symlinks and special files not included)."""
-    out: list[Path] = []
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            full = Path(dirpath) / name
-            if full.is_file() and not full.is_symlink():
-                out.append(full)
-    return out
-
-
-def all_entries(root: Path) -> list[str]:
-    return [name for _, dirs, files in os.walk(root) for name in files + dirs]
-
-
-def count_files(root: Path) -> int:
-    return sum(len(files) for _, _, files in os.walk(root)) if root.exists() else 0
+    return Expect(path.stat().st_size, digest_file(path))
 
 
 def temp_files(*roots: Path) -> list[str]:
@@ -349,11 +322,3 @@ def sample(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: 
 def process_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """Environment of a `watcher run` subprocess with its folders in tmp_path."""
     return {**make_env(tmp_path, settle_seconds="0.5"), "WATCHER_LOG_LEVEL": "info", **extra}
-
-
-def log_events(log_path: Path) -> list[dict[str, object]]:
-    events: list[dict[str, object]] = []
-    for line in log_path.read_text(errors="replace").splitlines():
-        with contextlib.suppress(ValueError):
-            events.append(json.loads(line))
-    return events

@@ -14,18 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.proc import WatcherProcess
 from tests.reliability.support import (
     MiB,
     Workload,
     assert_exactly_once,
-    count_files,
     process_env,
     seed_from_env,
     shm_dir,
     temp_files,
-    wait_for,
 )
+from tests.support.fs import count_files
+from tests.support.process import WatcherProcess
+from tests.support.wait import wait_until
 
 
 def chaos(tmp_path: Path, outbox_fs: str, n: int, kills: int, big_files: int, timeout: float) -> None:
@@ -35,8 +35,8 @@ def chaos(tmp_path: Path, outbox_fs: str, n: int, kills: int, big_files: int, ti
         outbox = stack.enter_context(shm_dir("chaos")) if outbox_fs == "other" else tmp_path / "outbox"
         env = process_env(tmp_path, WATCHER_OUTBOX=str(outbox), WATCHER_RESCAN_INTERVAL="2")
         inbox, failed = tmp_path / "inbox", tmp_path / "state" / "failed"
-        proc = WatcherProcess(env, tmp_path, tmp_path / "watcher.log").start()
-        stack.callback(proc.stop_quietly)
+        proc = WatcherProcess(tmp_path, env).start()
+        stack.callback(proc.close)
         work = Workload(inbox, tmp_path / "staging", n, seed, big_files=big_files)
         stack.callback(work.stop.set)
         work.start()
@@ -50,13 +50,13 @@ def chaos(tmp_path: Path, outbox_fs: str, n: int, kills: int, big_files: int, ti
                 def progressed(t: int = target) -> bool:
                     return count_files(outbox) >= t or not work.alive()
 
-                wait_for(progressed, timeout, f"seed={seed}: progress before kill {killed + 1}")
+                wait_until(progressed, timeout, f"seed={seed}: progress before kill {killed + 1}")
             proc.kill()
             killed += 1
             proc.start()
         work.join(timeout)
-        wait_for(lambda: count_files(inbox) == 0, timeout, f"seed={seed}: inbox drained", interval=0.2)
-        wait_for(lambda: count_files(outbox) >= len(work.expected), 60, f"seed={seed}: all delivered", interval=0.2)
+        wait_until(lambda: count_files(inbox) == 0, timeout, f"seed={seed}: inbox drained", interval=0.2)
+        wait_until(lambda: count_files(outbox) >= len(work.expected), 60, f"seed={seed}: all delivered", interval=0.2)
         elapsed = time.monotonic() - started
         assert proc.terminate(60) == 0
         assert_exactly_once(outbox, work.expected, seed)

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import await_until, make_settings, running
-from tests.reliability.support import count_files, sample, scrape, temp_files
+from tests.reliability.support import sample, scrape, temp_files
+from tests.support.fs import count_files
+from tests.support.service import running
+from tests.support.settings import make_settings
+from tests.support.wait import await_until
 
 
 def burst(inbox: Path, n: int) -> None:

@@ -14,22 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.proc import WatcherProcess
 from tests.reliability.support import (
     Expect,
     MiB,
     Workload,
     assert_exactly_once,
-    count_files,
     file_digest,
-    log_events,
     process_env,
-    regular_files,
     seed_from_env,
     shm_dir,
     temp_files,
-    wait_for,
 )
+from tests.support.fs import count_files, regular_files
+from tests.support.process import WatcherProcess
+from tests.support.wait import wait_until
 from watcher.pipeline.transfer import is_temp_name
 
 SHUTDOWN_TIMEOUT = 0.2
@@ -75,9 +73,8 @@ def sigterm_cycles(tmp_path: Path, n: int, cycles: int, big_size: int) -> None:
         outbox = stack.enter_context(shm_dir("term"))
         env = process_env(tmp_path, WATCHER_OUTBOX=str(outbox), WATCHER_SHUTDOWN_TIMEOUT=str(SHUTDOWN_TIMEOUT))
         inbox, staging, failed = tmp_path / "inbox", tmp_path / "staging", tmp_path / "state" / "failed"
-        log_path = tmp_path / "watcher.log"
-        proc = WatcherProcess(env, tmp_path, log_path).start()
-        stack.callback(proc.stop_quietly)
+        proc = WatcherProcess(tmp_path, env).start()
+        stack.callback(proc.close)
         work = Workload(inbox, staging, n, seed, slow_share=0.02)
         stack.callback(work.stop.set)
         work.start()
@@ -87,17 +84,17 @@ def sigterm_cycles(tmp_path: Path, n: int, cycles: int, big_size: int) -> None:
             def some_delivered(c: int = cycle) -> bool:
                 return count_files(outbox) > (c + 1) * n // (cycles + 2)
 
-            wait_for(some_delivered, 60, "some deliveries")
+            wait_until(some_delivered, 60, "some deliveries")
             big_rel = f"big-{cycle}.bin"
             expected_big[big_rel] = make_big(staging / big_rel, big_size)
             os.rename(staging / big_rel, inbox / big_rel)  # proven complete at once: the copy starts now
-            wait_for(lambda: big_copy_in_flight(outbox), 30, "the big copy in flight", interval=0.005)
+            wait_until(lambda: big_copy_in_flight(outbox), 30, "the big copy in flight", interval=0.005)
             t0 = time.monotonic()
             code = proc.terminate(60)
             took = time.monotonic() - t0
             assert code == 0, f"seed={seed}: exit code {code}"
             assert took <= SHUTDOWN_TIMEOUT + MARGIN, f"seed={seed}: SIGTERM took {took:.1f}s"
-            stopped = [e for e in log_events(log_path) if e.get("event") == "service.stopped"]
+            stopped = [e for e in proc.json_events(strict=False) if e.get("event") == "service.stopped"]
             assert stopped and int(str(stopped[-1]["interrupted"])) >= 1, "the big copy was not interrupted"
             # The interrupted copy: source still in the inbox, intact; no temporary file anywhere.
             assert file_digest(inbox / big_rel) == expected_big[big_rel]
@@ -113,7 +110,7 @@ def sigterm_cycles(tmp_path: Path, n: int, cycles: int, big_size: int) -> None:
             proc.start()
         work.join(120)
         expected = {**work.expected, **expected_big}
-        wait_for(lambda: count_files(inbox) == 0, 120, f"seed={seed}: inbox drained", interval=0.2)
+        wait_until(lambda: count_files(inbox) == 0, 120, f"seed={seed}: inbox drained", interval=0.2)
         assert proc.terminate(60) == 0
         assert_exactly_once(outbox, expected, seed)
         assert not temp_files(outbox, inbox, failed) and count_files(failed) == 0

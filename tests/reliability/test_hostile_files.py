@@ -16,16 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import await_until, make_settings, metric_value, running, tree
-from tests.reliability.support import (
-    MiB,
-    count_files,
-    require_root,
-    secret_in,
-    seed_from_env,
-    shm_dir,
-    temp_files,
-)
+from tests.reliability.support import MiB, require_root, secret_in, seed_from_env, shm_dir, temp_files
+from tests.support.fs import count_files, tree
+from tests.support.service import metric_value, running
+from tests.support.settings import make_settings
+from tests.support.wait import await_until
 from watcher.config import Settings
 
 SECRET = b"TOP-SECRET-" + os.urandom(16).hex().encode()

@@ -31,9 +31,10 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
-from tests.e2e.proc import run_cli
-from tests.jobs.conftest import AUTH, REPO, TOKEN, Watcher, wait_for
 from tests.jobs.test_openapi import CHECKS, FUZZED, TARGET, TARGET_ARGS
+from tests.support import REPO
+from tests.support.process import AUTH, TOKEN, WatcherProcess, api_watcher, run_cli
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -44,14 +45,14 @@ JSON_BODY_LIMIT = 64 * 1024
 
 
 @pytest.fixture
-def watchers(tmp_path: Path) -> Iterator[Callable[..., Watcher]]:
+def watchers(tmp_path: Path) -> Iterator[Callable[..., WatcherProcess]]:
     """Start watchers with the given settings; all stopped at the end."""
-    started: list[Watcher] = []
+    started: list[WatcherProcess] = []
 
-    def make(**env: str) -> Watcher:
-        w = Watcher(tmp_path / f"w{len(started)}", **env)
+    def make(**env: str) -> WatcherProcess:
+        w = api_watcher(tmp_path / f"w{len(started)}", **env)
         started.append(w)
-        return w.start()
+        return w.start("ready")
 
     yield make
     for w in started:
@@ -77,7 +78,7 @@ def assert_json_error(status: int, headers: Any, body: bytes, *allowed: int) -> 
     return parsed
 
 
-def connect(w: Watcher, timeout: float = 5.0) -> socket.socket:
+def connect(w: WatcherProcess, timeout: float = 5.0) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", w.port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
@@ -119,7 +120,7 @@ def closed_by_server(sock: socket.socket, timeout: float) -> bool:
     return False
 
 
-def assert_healthy(w: Watcher) -> None:
+def assert_healthy(w: WatcherProcess) -> None:
     """The service answers, and its log holds no unhandled error."""
     assert w.proc is not None and w.proc.poll() is None, w.log_tail()
     assert w.http.get("/health/live").status_code == 200
@@ -151,7 +152,7 @@ def delivered(outbox: Path) -> int:
         return 0
 
 
-def stage(w: Watcher, prefix: str, count: int, size: int = 200) -> list[Path]:
+def stage(w: WatcherProcess, prefix: str, count: int, size: int = 200) -> list[Path]:
     """`count` small files in a folder beside the inbox (same filesystem), to be renamed in."""
     folder = w.root / f"staging-{prefix}"
     folder.mkdir()
@@ -164,7 +165,7 @@ def stage(w: Watcher, prefix: str, count: int, size: int = 200) -> list[Path]:
     return paths
 
 
-def move_in(w: Watcher, paths: list[Path]) -> None:
+def move_in(w: WatcherProcess, paths: list[Path]) -> None:
     for path in paths:
         os.rename(path, w.inbox / path.name)
 
@@ -239,7 +240,7 @@ def test_a_content_length_that_claims_too_much_is_413_json_and_the_connection_cl
 class Trickle:
     """Clients that send a job body one byte at a time, reconnecting each time they are cut off."""
 
-    w: Watcher
+    w: WatcherProcess
     clients: int
     interval: float = 0.05
     cuts: list[tuple[float, int | None, bytes]] = field(default_factory=list)  # (seconds, status, body)
@@ -309,7 +310,7 @@ class Trickle:
             t.join(10)
 
 
-def slow_clients_scenario(w: Watcher, seconds: float, clients: int, timeout: float) -> None:
+def slow_clients_scenario(w: WatcherProcess, seconds: float, clients: int, timeout: float) -> None:
     """Trickle bodies for `seconds` while files are renamed into the inbox every 20 ms and
     /health/live is polled; checks the cuts, the deliveries and the probe latencies.
     """
@@ -333,7 +334,7 @@ def slow_clients_scenario(w: Watcher, seconds: float, clients: int, timeout: flo
             for name in os.listdir(w.outbox):
                 seen_at.setdefault(name, now)
             time.sleep(max(0.0, 0.02 - (time.monotonic() - t0)))  # the pace of the writer, not a wait
-        wait_for(lambda: delivered(w.outbox) >= len(moved_at), 30, "every file moved in to be delivered")
+        wait_until(lambda: delivered(w.outbox) >= len(moved_at), 30, "every file moved in to be delivered")
         now = time.monotonic()
         for name in os.listdir(w.outbox):
             seen_at.setdefault(name, now)
@@ -570,7 +571,7 @@ def test_over_the_cap_answers_503_json_with_retry_after_and_probes_still_answer(
                 sock.close()
                 continue
             holders.append(sock)
-        wait_for(lambda: w.http.get("/jobs").status_code == 503, 10, "both slots taken")
+        wait_until(lambda: w.http.get("/jobs").status_code == 503, 10, "both slots taken")
 
         async def flood() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=w.url, timeout=10) as client:
@@ -588,7 +589,7 @@ def test_over_the_cap_answers_503_json_with_retry_after_and_probes_still_answer(
         for sock in holders:
             sock.close()
     # The slots come back once the slow clients are gone.
-    wait_for(lambda: w.http.get("/jobs").status_code == 200, 10, "a free slot")
+    wait_until(lambda: w.http.get("/jobs").status_code == 200, 10, "a free slot")
     assert_healthy(w)
 
 
@@ -653,7 +654,7 @@ def test_the_token_never_appears_in_logs_answers_or_check_config(watchers: Any, 
 
 
 def fuzz(
-    w: Watcher,
+    w: WatcherProcess,
     operation: Any,
     mode: GenerationMode,
     existing: bool,
@@ -667,7 +668,7 @@ def fuzz(
     @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def check(case: schemathesis.Case[Any]) -> None:
         if existing and w.http.get(f"/jobs/{TARGET['id']}").status_code == 404:
-            w.create({**TARGET, "args": TARGET_ARGS})
+            w.http.create({**TARGET, "args": TARGET_ARGS})
         case.call_and_validate(base_url=w.url, headers=headers, checks=CHECKS)
 
     check()

@@ -13,17 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.proc import WatcherProcess
-from tests.reliability.support import (
-    Sysctl,
-    check_detail,
-    count_files,
-    log_events,
-    process_env,
-    ready,
-    require_root,
-    wait_for,
-)
+from tests.reliability.support import Sysctl, check_detail, process_env, ready, require_root
+from tests.support.fs import count_files
+from tests.support.process import WatcherProcess
+from tests.support.wait import wait_until
 from watcher.pipeline.observer import inotify_usage
 
 FOLDERS = 200  # other processes (tests running in parallel) hold watches too: keep a wide margin
@@ -66,24 +59,23 @@ def test_inotify_exhausted_falls_back_to_polling(tmp_path: Path, case: str) -> N
         (inbox / rel).parent.mkdir(parents=True)
         expected[rel] = f"early {i}".encode()
         (inbox / rel).write_bytes(expected[rel])
-    log_path = tmp_path / "watcher.log"
-    proc = WatcherProcess(env, tmp_path, log_path)
+    proc = WatcherProcess(tmp_path, env)
     knob = Sysctl(f"fs.inotify.{limit}")
     try:
         _, watches = user_inotify_usage()
         knob.set(watches + FOLDERS // 2 if case == "watches_for_tree" else 0)
-        proc.start(wait_ready=False)
+        proc.start(wait=None)
 
         def chosen() -> bool:
             assert proc.proc is not None
             return proc.proc.poll() is not None or any(
-                e.get("event") == "service.started" for e in log_events(log_path)
+                e.get("event") == "service.started" for e in proc.json_events(strict=False)
             )
 
-        wait_for(chosen, 30, "the observer chosen", interval=0.02)
+        wait_until(chosen, 30, "the observer chosen", interval=0.02)
         knob.restore()  # as soon as the choice is made: other processes need their watches
-        wait_for(proc.ready, 30, "watcher /health/live")
-        events = log_events(log_path)
+        proc.wait_until_up("live", 30)
+        events = proc.json_events(strict=False)
         exhausted = [e for e in events if e.get("event") == "observer.inotify_exhausted"]
         started = next(e for e in events if e.get("event") == "service.started")
         assert exhausted, (
@@ -91,7 +83,7 @@ def test_inotify_exhausted_falls_back_to_polling(tmp_path: Path, case: str) -> N
         )
         assert f"fs.inotify.{limit}" in str(exhausted[0].get("limit_to_raise"))
         assert started["observer"] == "polling"
-        wait_for(lambda: ready(proc.port)[0] == 200, 20, "ready while polling")
+        wait_until(lambda: ready(proc.port)[0] == 200, 20, "ready while polling")
         detail = check_detail(ready(proc.port)[1], "observer")
         assert "polling" in detail and limit in detail, detail
         for i in range(0, FOLDERS, 5):  # written after start-up: only the polling observer (or a rescan) sees them
@@ -99,10 +91,10 @@ def test_inotify_exhausted_falls_back_to_polling(tmp_path: Path, case: str) -> N
             (inbox / rel).parent.mkdir(exist_ok=True)
             expected[rel] = f"late {i}".encode()
             (inbox / rel).write_bytes(expected[rel])
-        wait_for(lambda: count_files(inbox) == 0, 30, "everything delivered by polling")
+        wait_until(lambda: count_files(inbox) == 0, 30, "everything delivered by polling")
         assert proc.terminate() == 0
         got = {str(p.relative_to(outbox)): p.read_bytes() for p in outbox.rglob("*") if p.is_file()}
         assert got == expected
     finally:
         knob.restore()
-        proc.stop_quietly()
+        proc.close()

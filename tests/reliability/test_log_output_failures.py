@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,9 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import make_env, wait_until
+from tests.support.process import WatcherProcess
+from tests.support.settings import make_env
+from tests.support.wait import wait_until
 from watcher.logging import LineWriter, configure_logging, dropped_lines, get_logger
 
 SHUTDOWN_TIMEOUT = 5.0
@@ -38,33 +39,20 @@ def scrape(port: int) -> dict[str, float]:
     }
 
 
-def live(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def test_closed_log_pipe_neither_blocks_delivery_nor_signals(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHER_")}
-    env.update(make_env(tmp_path, shutdown_timeout=str(SHUTDOWN_TIMEOUT), log_level="debug"))
-    port = int(env["WATCHER_HTTP_PORT"])
+    # stdout and stderr go into one pipe, as with `watcher run 2>&1 | tee log`.
+    watcher = WatcherProcess(tmp_path, make_env(tmp_path, shutdown_timeout=str(SHUTDOWN_TIMEOUT), log_level="debug"))
+    port = watcher.port
     inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
     inbox.mkdir()
-    # stdout and stderr go into one pipe, as with `watcher run 2>&1 | tee log`.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "watcher", "run"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    proc = watcher.start(wait=None, pipe=True).proc
+    assert proc is not None
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
         assert first, "watcher wrote no first log line"
         proc.stdout.close()  # the reader exits: every later write gets EPIPE
-        wait_until(lambda: live(port), 30, "/health/live")
+        watcher.wait_until_up("live", 30)
         count = 40
         for i in range(count):
             (inbox / f"f{i:03}.txt").write_bytes(f"payload {i}\n".encode())
@@ -82,9 +70,7 @@ def test_closed_log_pipe_neither_blocks_delivery_nor_signals(tmp_path: Path) -> 
         assert code == 0
         assert time.monotonic() - started < SHUTDOWN_TIMEOUT + MARGIN
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        watcher.close()
 
 
 def test_a_full_disk_under_the_log_drops_lines_and_counts_them() -> None:

@@ -18,7 +18,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import await_until, make_settings, metric_value, running
 from tests.reliability.support import (
     Expect,
     KiB,
@@ -26,15 +25,17 @@ from tests.reliability.support import (
     assert_exactly_once,
     chattr_works,
     check_detail,
-    count_files,
     file_digest,
     immutable,
     read_only_bind,
-    regular_files,
     require_root,
     temp_files,
     tmpfs,
 )
+from tests.support.fs import count_files, regular_files
+from tests.support.service import metric_value, running
+from tests.support.settings import make_settings
+from tests.support.wait import await_until
 from watcher.config import Settings
 from watcher.pipeline.transfer import TEMP_PREFIX
 

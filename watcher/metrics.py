@@ -40,6 +40,7 @@ class Metrics:
     files_duplicate: Counter
     files_failed: Counter
     files_retried: Counter
+    files_skipped: Counter
     bytes_delivered: Counter
     delivery_latency: Histogram
     transfer_duration: Histogram
@@ -80,6 +81,13 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         files_retried=Counter(
             "watcher_files_retried",
             "Failed transfer attempts that will be retried: counts attempts, so one file can count several times.",
+            registry=reg,
+        ),
+        files_skipped=Counter(
+            "watcher_files_skipped",
+            "Paths never delivered, counted once each when first skipped, by reason (excluded, temporary, "
+            "not_included, symlink, special).",
+            ["reason"],
             registry=reg,
         ),
         bytes_delivered=Counter("watcher_bytes_delivered", "Bytes delivered to the outbox.", registry=reg),
@@ -140,6 +148,8 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
     metrics.build_info.info({"version": __version__})
     for source in ("event", "rescan", "startup"):
         metrics.files_discovered.labels(source=source)
+    for reason in ("excluded", "temporary", "not_included", "symlink", "special"):  # pipeline.skipped.REASONS
+        metrics.files_skipped.labels(reason=reason)
     reg.register(_DroppedLogLines())
     return metrics
 

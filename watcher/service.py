@@ -33,6 +33,7 @@ from watcher.metrics import Metrics, create_metrics
 from watcher.pipeline.intake import Intake, Tracked
 from watcher.pipeline.observer import EventBridge
 from watcher.pipeline.outbox_gate import OutboxGate
+from watcher.pipeline.progress import BacklogProgress
 from watcher.pipeline.supervisor import ObserverSupervisor
 from watcher.pipeline.workers import WorkerPool
 
@@ -41,6 +42,12 @@ log = get_logger(__name__)
 STOP_MARGIN = 5.0  # seconds beyond WATCHER_SHUTDOWN_TIMEOUT for everything but the drain
 HTTP_RESERVE = 1.5  # seconds of the deadline kept for closing HTTP after the drain
 PHASE_CAP = 5.0  # the most one quick phase (scheduler, observer join, probes) may take
+API_READ_ONLY = "read-only: set WATCHER_API_TOKEN to change jobs"
+API_READ_WRITE = "read-write with the bearer token of WATCHER_API_TOKEN"
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Deadline:
@@ -72,6 +79,7 @@ class Service:
         # The schedule (APScheduler + its store); its `rescan` job replaces an interval loop.
         self.jobs = JobService(settings, self.metrics, self.rescan)
         self.supervisor: ObserverSupervisor | None = None
+        self.progress = BacklogProgress()
         self.health = Health(settings, self.metrics, self.gate, self._observer_status, self.jobs.check)
         self._signals = 0
         self._deadline: Deadline | None = None
@@ -204,21 +212,37 @@ class Service:
             )
             choice = await supervisor.start()
 
+            startup_scan = asyncio.create_task(self._startup_scan(started), name="startup-scan")
+            self.progress.begin(started, 0)  # whatever the start-up scan finds is a backlog
             tasks = [
                 asyncio.create_task(self.intake.run_events(bridge, self.stop_event), name="events"),
                 asyncio.create_task(self.intake.run_settler(self.stop_event), name="settler"),
-                asyncio.create_task(self._startup_scan(started), name="startup-scan"),
+                startup_scan,
                 asyncio.create_task(supervisor.run(self.stop_event), name="observer-supervisor"),
+                asyncio.create_task(
+                    self.progress.run(
+                        self.stop_event,
+                        lambda: self.queue.qsize() + self.workers.inflight,
+                        self.workers.handled,
+                        lambda: not startup_scan.done(),
+                    ),
+                    name="backlog-progress",
+                ),
             ]
             stack.push_async_callback(self._bounded, "intake", lambda: self._cancel_intake(tasks), PHASE_CAP)
             log.info(
                 "service.started",
-                version=__version__,
+                inbox=str(s.inbox),
+                outbox=str(s.outbox),
+                http=f"http://{_host_port(s.http_host, sock.getsockname()[1])}",
+                api=API_READ_WRITE if s.api_token else API_READ_ONLY,
                 observer=choice.mode,
-                observer_reason=choice.reason,
-                stale_temp_files_removed=swept,
-                settings=s.public_view(),
+                # Why it polls matters (a network filesystem, inotify exhausted); why not is at debug.
+                observer_reason=choice.reason if choice.mode == "polling" else None,
+                version=__version__,
+                stale_temp_files_removed=swept or None,
             )
+            log.debug("service.settings", observer_reason=choice.reason, settings=s.public_view())
             # After the pipeline, since a job that fell due while we were down may run at once.
             await self.jobs.start()
             stack.push_async_callback(self._bounded, "scheduler", self.jobs.stop, PHASE_CAP)

@@ -65,6 +65,7 @@ class WorkerPool:
         self.gate = gate
         self.abort = threading.Event()
         self.summary: Counter[str] = Counter()
+        self.inflight = 0  # files in transfers running now
         self._executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="transfer")
         self._tasks: list[asyncio.Task[None]] = []
         self._busy: set[asyncio.Task[None]] = set()
@@ -90,6 +91,11 @@ class WorkerPool:
                 await asyncio.shield(job)
             finally:
                 self._busy.discard(job)
+
+    def handled(self) -> int:
+        """Files whose handling ended (delivered, duplicate, quarantined, skipped, vanished)."""
+        summary = self.summary
+        return sum(summary.values()) - summary["retried"] - summary["interrupted"]
 
     def interrupt(self) -> None:
         """Abort in-flight copies now (a second signal): they stop at their next chunk."""
@@ -132,10 +138,12 @@ class WorkerPool:
             )
             started = time.monotonic()
             self.metrics.inflight_transfers.inc(len(pending))
+            self.inflight += len(pending)
             try:
                 outcomes = await loop.run_in_executor(self._executor, run)
             finally:
                 self.metrics.inflight_transfers.dec(len(pending))
+                self.inflight -= len(pending)
             duration = time.monotonic() - started
             blocked: list[Tracked] = []
             for item, outcome in zip(pending, outcomes, strict=True):
@@ -181,16 +189,16 @@ class WorkerPool:
             self.metrics.transfer_duration.observe(seconds)
             self.metrics.delivery_latency.observe(max(0.0, time.time() - item.ready_wall))
             dest = result.dest
-            renamed = dest is not None and dest.name != item.rel.rpartition("/")[2]
-            log.info(
-                "file.delivered",
-                **fields,
-                outcome="delivered",
-                renamed_to=printable(dest.name) if renamed and dest else None,
-            )
+            if dest is not None and dest.name != item.rel.rpartition("/")[2]:
+                fields["renamed_to"] = printable(dest.name)  # only when it was renamed
+            log.info("file.delivered", **fields, outcome="delivered")
         elif outcome is TransferOutcome.DUPLICATE:
             self.metrics.files_duplicate.inc()
             log.info("file.duplicate", **fields, outcome="duplicate")
+        elif outcome is TransferOutcome.SKIPPED:
+            # Found by an event (a rescan's walk skips these itself): a symlink, or a fifo, socket or device.
+            special = result.reason == "not a regular file"
+            self.intake.skipped.ignored(item.rel, "special" if special else "symlink", result.reason)
         else:
             log.debug("file.ignored", path=item.rel, outcome=outcome.value, reason=result.reason)
 

@@ -12,22 +12,20 @@ import asyncio
 import contextlib
 import heapq
 import os
-import time
 from dataclasses import dataclass
 from typing import Literal
 
+from watcher.clock import SYSTEM_CLOCK, Clock
 from watcher.config import Settings
 from watcher.logging import get_logger
 from watcher.metrics import Metrics
 from watcher.pipeline.completeness import Snapshot, is_quiet, next_check_in, unchanged
 from watcher.pipeline.filters import PathFilter
 from watcher.pipeline.observer import EventBridge, RawEvent
-from watcher.pipeline.rescan import Found, WalkNotes, walk
-from watcher.pipeline.skipped import SkipLog
+from watcher.pipeline.rescan import Found, walk
 from watcher.pipeline.writers import open_for_writing
 
 log = get_logger(__name__)
-EMPTY_DIR_AGE = 3600.0  # seconds an empty inbox folder stays unchanged before a full scan removes it
 
 Source = Literal["event", "rescan", "startup"]
 State = Literal["settling", "queued", "running", "retrying"]
@@ -52,13 +50,14 @@ class Tracked:
 class Intake:
     """Filters, de-duplicates and times files into the bounded work queue."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, queue: asyncio.Queue[Tracked]) -> None:
-        """Bind to the settings, the metrics and the queue the workers consume."""
+    def __init__(
+        self, settings: Settings, metrics: Metrics, queue: asyncio.Queue[Tracked], clock: Clock = SYSTEM_CLOCK
+    ) -> None:
+        """Bind to the settings, the metrics and the queue the workers consume; `clock` times the settling."""
+        self.clock = clock
         self.inbox = settings.inbox
         self._prefix = str(settings.inbox).rstrip("/") + "/"
         self.filter = PathFilter(settings.include, settings.exclude)
-        self.skipped = SkipLog(metrics, self.filter)
-        self.empty_dir_age = EMPTY_DIR_AGE
         self.recursive = settings.recursive
         self.settle = settings.settle_seconds
         self.queue = queue
@@ -81,7 +80,7 @@ class Intake:
         """Age of the oldest file seen but not yet delivered (0 when none)."""
         if not self.tracked:
             return 0.0
-        return max(0.0, time.time() - min(t.first_seen_wall for t in self.tracked.values()))
+        return max(0.0, self.clock.time() - min(t.first_seen_wall for t in self.tracked.values()))
 
     def _rel(self, path: str) -> str | None:
         if not path.startswith(self._prefix):
@@ -113,7 +112,7 @@ class Intake:
     def _queued(self, item: Tracked) -> None:
         item.state = "queued"
         if not item.ready_wall:
-            item.ready_wall = time.time()
+            item.ready_wall = self.clock.time()
         if not item.counted:
             item.counted = True
             self.metrics.files_discovered.labels(source=item.source).inc()
@@ -165,13 +164,9 @@ class Intake:
             if ev.is_dir:
                 if kind in ("created", "moved"):
                     rel_dir = self._rel(ev.dest if kind == "moved" else ev.src)
-                    if rel_dir is None or not self.recursive:
-                        continue
-                    if self.filter.accepts_dir(rel_dir):
+                    if rel_dir is not None and self.recursive and self.filter.accepts_dir(rel_dir):
                         # A folder renamed in brings complete files; a new folder may still be filling.
                         self._walk_soon(rel_dir, proven=kind == "moved")
-                    else:
-                        self.skipped.filtered(rel_dir, is_dir=True)
                 continue
             if kind == "closed":
                 self._hint_path(ev.src, proven=True)
@@ -187,12 +182,8 @@ class Intake:
 
     def _hint_path(self, path: str, proven: bool) -> None:
         rel = self._rel(path)
-        if rel is None:
-            return
-        if self.filter.accepts(rel):
+        if rel is not None and self.filter.accepts(rel):
             self._hint(rel, proven)
-        else:
-            self.skipped.filtered(rel)
 
     def _forget(self, path: str) -> None:
         rel = self._rel(path)
@@ -202,7 +193,7 @@ class Intake:
 
     def _hint(self, rel: str, proven: bool) -> None:
         item = self.tracked.get(rel)
-        now = time.time()
+        now = self.clock.time()
         if item is None:
             if proven:
                 item = Tracked(rel, "event", now, ready_wall=now)
@@ -228,7 +219,7 @@ class Intake:
 
     def _schedule(self, item: Tracked, delay: float) -> None:
         item.state = "settling"
-        item.due_mono = time.monotonic() + delay
+        item.due_mono = self.clock.monotonic() + delay
         self._seq += 1
         heapq.heappush(self._heap, (item.due_mono, self._seq, item.rel))
         self._wake.set()
@@ -238,7 +229,7 @@ class Intake:
         while not stop.is_set():
             timeout = None
             if self._heap:
-                timeout = max(0.0, self._heap[0][0] - time.monotonic())
+                timeout = max(0.0, self._heap[0][0] - self.clock.monotonic())
             self._wake.clear()
             waiter = asyncio.create_task(self._wake.wait())
             stopper = asyncio.create_task(stop.wait())
@@ -247,12 +238,16 @@ class Intake:
             stopper.cancel()
             if stop.is_set():
                 return
-            due = self._pop_due()
-            if due:
-                await self._check(due)
+            await self.check_due()
+
+    async def check_due(self) -> None:
+        """Look at the settling files that have fallen due on the clock (one step of the settler)."""
+        due = self._pop_due()
+        if due:
+            await self._check(due)
 
     def _pop_due(self) -> list[Tracked]:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         due: list[Tracked] = []
         while self._heap and self._heap[0][0] <= now and len(due) < 2048:
             _, _, rel = heapq.heappop(self._heap)
@@ -264,6 +259,7 @@ class Intake:
     async def _check(self, items: list[Tracked]) -> None:
         inbox = self.inbox
         settle = self.settle
+        clock = self.clock
         Look = tuple[Tracked, Snapshot | None, Snapshot | None, tuple[int, int] | None]
 
         def look() -> tuple[list[Look], set[tuple[int, int]]]:
@@ -274,7 +270,7 @@ class Intake:
                 except OSError:
                     seen.append((item, None, None, None))
                     continue
-                snap = Snapshot(st.st_size, st.st_mtime_ns, time.monotonic(), time.time())
+                snap = Snapshot(st.st_size, st.st_mtime_ns, clock.monotonic(), clock.time())
                 first = item.first if item.first is not None and unchanged(item.first, snap) else snap
                 seen.append((item, first, snap, (st.st_dev, st.st_ino)))
             quiet = [ino for _, first, snap, ino in seen if first and snap and ino and is_quiet(first, snap, settle)]
@@ -309,16 +305,13 @@ class Intake:
         """
         found = 0
         settle = self.settle
-        # A full scan also removes empty folders left by uploads of trees (docs/operations.md).
-        notes = WalkNotes(prune_age=None if start_rel else self.empty_dir_age)
-        async for batch in walk(self.inbox, self.filter, self.recursive, start_rel, notes):
-            self._take_notes(notes)
+        async for batch in walk(self.inbox, self.filter, self.recursive, start_rel):
             if self.stopping:
                 break
             fresh = [f for f in batch if f.rel not in self.tracked]
             if not fresh:
                 continue
-            now_wall, now_mono = time.time(), time.monotonic()
+            now_wall, now_mono = self.clock.time(), self.clock.monotonic()
             quiet: list[Found] = []
             for f in fresh:
                 if proven or now_wall - f.mtime_ns / 1e9 >= settle:
@@ -341,24 +334,7 @@ class Intake:
                     self._schedule(item, max(settle, 0.5))
                 else:
                     await self._put(item)
-        self._take_notes(notes)
         return found
-
-    def _take_notes(self, notes: WalkNotes) -> None:
-        """Report what the walk skipped and the empty folders it removed (on the loop)."""
-        if notes.skipped:
-            for rel, kind in notes.skipped:
-                if kind == "symlink":
-                    self.skipped.ignored(rel, "symlink", "symlinks are never followed")
-                elif kind == "special":
-                    self.skipped.ignored(rel, "special", "a fifo, socket or device is never read")
-                else:
-                    self.skipped.filtered(rel, is_dir=kind == "dir")
-            notes.skipped.clear()
-        if notes.pruned:
-            for rel in notes.pruned:
-                log.info("inbox.empty_folder_removed", path=rel + "/", unchanged_for_more_than_s=self.empty_dir_age)
-            notes.pruned.clear()
 
     async def cancel_walks(self) -> None:
         """Stop folder walks started by events (shutdown)."""

@@ -10,12 +10,12 @@ that breaks with no traffic shows in readiness and ``watcher_delivery_paused`` a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import os
 import stat
 from pathlib import Path
 
+from watcher.clock import SYSTEM_CLOCK, Clock
 from watcher.logging import get_logger
 from watcher.metrics import Metrics
 from watcher.pipeline.transfer import TEMP_PREFIX, TEMP_SUFFIX
@@ -72,8 +72,11 @@ def probe_write(outbox: Path) -> str | None:
 class OutboxGate:
     """Open while deliveries may run; closed (with a reason) while the outbox cannot take files."""
 
-    def __init__(self, outbox: Path, metrics: Metrics, probe_interval: float = 2.0) -> None:
-        """Start open; `probe_interval` is how often a closed gate tests the outbox."""
+    def __init__(
+        self, outbox: Path, metrics: Metrics, probe_interval: float = 2.0, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
+        """Start open; every `probe_interval` seconds of `clock` the gate looks at (or, closed, tests) the outbox."""
+        self.clock = clock
         self.outbox = outbox
         self.metrics = metrics
         self.probe_interval = probe_interval
@@ -102,9 +105,14 @@ class OutboxGate:
                 self.close(problem)
 
     async def _stopped_within(self, seconds: float) -> bool:
-        """Wait up to `seconds` for stop(); True once stopping."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+        """Wait up to `seconds` of the clock for stop(); True once stopping."""
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
+        try:
+            await asyncio.wait({stopper, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            sleeper.cancel()
         return self._stopping.is_set()
 
     async def wait_open(self) -> None:

@@ -22,10 +22,12 @@ from watcher.metrics import Metrics
 from watcher.pipeline.completeness import Snapshot, is_quiet, next_check_in, unchanged
 from watcher.pipeline.filters import PathFilter
 from watcher.pipeline.observer import EventBridge, RawEvent
-from watcher.pipeline.rescan import Found, walk
+from watcher.pipeline.rescan import Found, WalkNotes, walk
+from watcher.pipeline.skipped import SkipLog
 from watcher.pipeline.writers import open_for_writing
 
 log = get_logger(__name__)
+EMPTY_DIR_AGE = 3600.0  # seconds an empty inbox folder stays unchanged before a full scan removes it
 
 Source = Literal["event", "rescan", "startup"]
 State = Literal["settling", "queued", "running", "retrying"]
@@ -58,6 +60,8 @@ class Intake:
         self.inbox = settings.inbox
         self._prefix = str(settings.inbox).rstrip("/") + "/"
         self.filter = PathFilter(settings.include, settings.exclude)
+        self.skipped = SkipLog(metrics, self.filter)
+        self.empty_dir_age = EMPTY_DIR_AGE
         self.recursive = settings.recursive
         self.settle = settings.settle_seconds
         self.queue = queue
@@ -164,9 +168,13 @@ class Intake:
             if ev.is_dir:
                 if kind in ("created", "moved"):
                     rel_dir = self._rel(ev.dest if kind == "moved" else ev.src)
-                    if rel_dir is not None and self.recursive and self.filter.accepts_dir(rel_dir):
+                    if rel_dir is None or not self.recursive:
+                        continue
+                    if self.filter.accepts_dir(rel_dir):
                         # A folder renamed in brings complete files; a new folder may still be filling.
                         self._walk_soon(rel_dir, proven=kind == "moved")
+                    else:
+                        self.skipped.filtered(rel_dir, is_dir=True)
                 continue
             if kind == "closed":
                 self._hint_path(ev.src, proven=True)
@@ -182,8 +190,12 @@ class Intake:
 
     def _hint_path(self, path: str, proven: bool) -> None:
         rel = self._rel(path)
-        if rel is not None and self.filter.accepts(rel):
+        if rel is None:
+            return
+        if self.filter.accepts(rel):
             self._hint(rel, proven)
+        else:
+            self.skipped.filtered(rel)
 
     def _forget(self, path: str) -> None:
         rel = self._rel(path)
@@ -305,7 +317,10 @@ class Intake:
         """
         found = 0
         settle = self.settle
-        async for batch in walk(self.inbox, self.filter, self.recursive, start_rel):
+        # A full scan also removes empty folders left by uploads of trees (docs/operations.md).
+        notes = WalkNotes(prune_age=None if start_rel else self.empty_dir_age)
+        async for batch in walk(self.inbox, self.filter, self.recursive, start_rel, notes):
+            self._take_notes(notes)
             if self.stopping:
                 break
             fresh = [f for f in batch if f.rel not in self.tracked]
@@ -334,7 +349,24 @@ class Intake:
                     self._schedule(item, max(settle, 0.5))
                 else:
                     await self._put(item)
+        self._take_notes(notes)
         return found
+
+    def _take_notes(self, notes: WalkNotes) -> None:
+        """Report what the walk skipped and the empty folders it removed (on the loop)."""
+        if notes.skipped:
+            for rel, kind in notes.skipped:
+                if kind == "symlink":
+                    self.skipped.ignored(rel, "symlink", "symlinks are never followed")
+                elif kind == "special":
+                    self.skipped.ignored(rel, "special", "a fifo, socket or device is never read")
+                else:
+                    self.skipped.filtered(rel, is_dir=kind == "dir")
+            notes.skipped.clear()
+        if notes.pruned:
+            for rel in notes.pruned:
+                log.info("inbox.empty_folder_removed", path=rel + "/", unchanged_for_more_than_s=self.empty_dir_age)
+            notes.pruned.clear()
 
     async def cancel_walks(self) -> None:
         """Stop folder walks started by events (shutdown)."""

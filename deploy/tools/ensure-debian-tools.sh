@@ -2,12 +2,12 @@
 # Installs the Debian-only tools the checks use: promtool (package prometheus), inotifywait
 # (inotify-tools), and the container tools of `make image` and its test: buildah, podman, runc
 # (podman's runtime here: crun refuses a hybrid cgroup layout) and debootstrap (the base image built
-# from Debian's packages where no registry can be reached). Under CI=true a tool that cannot be had
-# is an error.
+# from Debian's packages where no registry can be reached), and systemd-analyze (systemd: it checks
+# deploy/systemd offline). Under CI=true a tool that cannot be had is an error.
 set -euo pipefail
 PATH=$PATH:/usr/sbin:/sbin  # debootstrap lives in /usr/sbin
 # command:package
-tools=(promtool:prometheus inotifywait:inotify-tools buildah:buildah podman:podman runc:runc debootstrap:debootstrap)
+tools=(promtool:prometheus inotifywait:inotify-tools buildah:buildah podman:podman runc:runc debootstrap:debootstrap systemd-analyze:systemd)
 need=()
 for pair in "${tools[@]}"; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")

@@ -31,8 +31,12 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (
         ("run", "run the service in the foreground"),
         ("check-config", "print the effective settings"),
+        ("explain", "ask the running service where a file stands and why"),
+        ("status", "ask the running service what waits, whether delivery is paused, what failed"),
     ):
         cmd = sub.add_parser(name, help=text)
+        if name == "explain":
+            cmd.add_argument("path", help="relative to the inbox, or an absolute path inside it")
         cmd.add_argument("--config", type=Path, metavar="FILE", help="TOML file; environment variables override it")
     return parser
 
@@ -103,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fail(str(exc), EXIT_CONFIG, _json_errors(args.command, settings.log_format))
         sys.stdout.write(render_settings(settings))
         return EXIT_OK
+    if args.command in ("explain", "status"):
+        return _ask(args, settings)
     configure_logging(settings.log_format, settings.log_level)
     from watcher.service import run_service  # imported late: check-config stays light
 
@@ -116,3 +122,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         log.critical("service.crashed", error=str(exc), exc_info=exc)
         return EXIT_FATAL
+
+
+def _ask(args: argparse.Namespace, settings: Settings) -> int:
+    """``explain`` and ``status``: a question to the running service, printed for a person."""
+    from watcher import client  # stdlib only: as light as check-config
+
+    def out(line: str) -> None:
+        sys.stdout.write(line + "\n")
+
+    try:
+        if args.command == "explain":
+            return client.explain(settings, args.path, out)
+        return client.status(settings, out)
+    except client.Unreachable as exc:
+        _stderr(f"watcher: {exc}")
+        return client.EXIT_UNREACHABLE

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import socket
 import tomllib
 import zoneinfo
 from collections.abc import Iterator, Mapping
@@ -78,6 +79,10 @@ class Settings(BaseSettings):
     timezone: str = "UTC"
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    checksum: Literal["none", "sha256"] = "none"
+    record_retention_days: float = Field(default=30.0, ge=0)
+    cluster: bool = False
+    replica_id: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9._-]{1,63}$")
 
     @classmethod
     def settings_customise_sources(
@@ -106,7 +111,7 @@ class Settings(BaseSettings):
             raise ValueError("must name at least one glob; use * to deliver every file")
         return value
 
-    @field_validator("log_level", "log_format", "observer", "on_conflict", mode="before")
+    @field_validator("log_level", "log_format", "observer", "on_conflict", "checksum", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
@@ -154,6 +159,17 @@ class Settings(BaseSettings):
             raise ValueError("state_dir: must not be inside the inbox (its files would be delivered)")
         if self.failed_dir is not None and self.failed_dir.is_relative_to(inbox):
             raise ValueError("failed_dir: must not be inside the inbox (quarantined files would loop)")
+        if self.cluster:
+            # Several replicas are coordinated through PostgreSQL only (see docs/configuration.md).
+            if not self.jobstore.startswith(("postgresql", "postgres")):
+                raise ValueError(
+                    "cluster: WATCHER_CLUSTER=true needs WATCHER_JOBSTORE_URL to be a PostgreSQL URL "
+                    "(postgresql://user:password@host/db), which all replicas share"
+                )
+            raise ValueError(
+                "cluster: cluster mode is not available in this version; run one replica "
+                "(WATCHER_CLUSTER=false, the default)"
+            )
         if self.failed_path.is_relative_to(outbox):
             # Consumers of the outbox would take quarantined files (and their .error.json) as deliveries.
             field = "failed_dir" if self.failed_dir is not None else "state_dir"
@@ -167,6 +183,11 @@ class Settings(BaseSettings):
     def failed_path(self) -> Path:
         """The quarantine folder: WATCHER_FAILED_DIR or ``<state dir>/failed``."""
         return self.failed_dir if self.failed_dir is not None else self.state_dir / "failed"
+
+    @property
+    def record_url(self) -> str:
+        """The SQLAlchemy URL of the delivery record: a SQLite file in the state dir."""
+        return f"sqlite:///{self.state_dir / 'record.sqlite'}"
 
     @property
     def jobstore(self) -> str:

@@ -28,6 +28,7 @@ class Health:
         gate: OutboxGate,
         observer: Callable[[], Check],
         schedule_store: Callable[[], Awaitable[Check]],
+        record_problem: Callable[[], str | None] | None = None,
     ) -> None:
         """`observer` and `schedule_store` answer their own checks; the rest is looked at here."""
         self._settings = settings
@@ -35,6 +36,7 @@ class Health:
         self._gate = gate
         self._observer = observer
         self._schedule_store = schedule_store
+        self._record_problem = record_problem
         self.serving = False  # set once everything runs, cleared when the stop begins
         self.stopping = False
 
@@ -54,6 +56,9 @@ class Health:
         checks: dict[str, Check] = {"observer": self._observer()}
         checks.update(await asyncio.to_thread(self._filesystem))
         checks["schedule_store"] = await self._schedule_store()
+        if self._record_problem is not None:
+            problem = await asyncio.to_thread(self._record_problem)
+            checks["delivery_record"] = (problem is None, problem or "writable")
         outbox_ok, outbox_detail = checks["outbox"]
         if not outbox_ok and self._gate.is_open and self.serving:
             self._gate.close(outbox_detail)  # readiness saw it first: delivery waits at once

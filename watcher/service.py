@@ -26,8 +26,10 @@ from watcher.health import Health
 from watcher.http.app import create_app
 from watcher.http.jobs_api import job_routes
 from watcher.http.limits import Limits
+from watcher.http.record_api import record_routes
 from watcher.http.server import HttpServer, bind_socket
 from watcher.jobs import JobService
+from watcher.jobs.runtime import RESCAN_JOB_ID
 from watcher.logging import get_logger
 from watcher.metrics import Metrics, create_metrics
 from watcher.pipeline.intake import Intake, Tracked
@@ -36,11 +38,14 @@ from watcher.pipeline.outbox_gate import OutboxGate
 from watcher.pipeline.progress import BacklogProgress
 from watcher.pipeline.supervisor import ObserverSupervisor
 from watcher.pipeline.workers import WorkerPool
+from watcher.record import DeliveryRecord, RecordUnavailable
+from watcher.record.explain import Explainer
 
 log = get_logger(__name__)
 
 STOP_MARGIN = 5.0  # seconds beyond WATCHER_SHUTDOWN_TIMEOUT for everything but the drain
 HTTP_RESERVE = 1.5  # seconds of the deadline kept for closing HTTP after the drain
+RETENTION_EVERY = 3600.0  # seconds between two purges of expired records
 PHASE_CAP = 5.0  # the most one quick phase (scheduler, observer join, probes) may take
 API_READ_ONLY = "read-only: set WATCHER_API_TOKEN to change jobs"
 API_READ_WRITE = "read-write with the bearer token of WATCHER_API_TOKEN"
@@ -74,13 +79,18 @@ class Service:
         self.started = asyncio.Event()  # set once the observer, workers, jobs and HTTP are up
         self.queue: asyncio.Queue[Tracked] = asyncio.Queue(maxsize=settings.queue_size)
         self.intake = Intake(settings, self.metrics, self.queue)
-        self.gate = OutboxGate(settings.outbox, self.metrics)
-        self.workers = WorkerPool(settings, self.metrics, self.intake, self.queue, self.gate)
+        # Every file that leaves the inbox leaves a row; a record that cannot be written pauses
+        # delivery exactly as an unusable outbox does.
+        self.record = DeliveryRecord(settings.record_url)
+        self.gate = OutboxGate(settings.outbox, self.metrics, also=self.record.problem)
+        self.workers = WorkerPool(settings, self.metrics, self.intake, self.queue, self.gate, self.record)
         # The schedule (APScheduler + its store); its `rescan` job replaces an interval loop.
         self.jobs = JobService(settings, self.metrics, self.rescan)
         self.supervisor: ObserverSupervisor | None = None
         self.progress = BacklogProgress()
-        self.health = Health(settings, self.metrics, self.gate, self._observer_status, self.jobs.check)
+        self.health = Health(
+            settings, self.metrics, self.gate, self._observer_status, self.jobs.check, self.record.problem
+        )
         self._signals = 0
         self._deadline: Deadline | None = None
         self._interrupted = 0
@@ -183,6 +193,8 @@ class Service:
             prepare_directories(s)
             await self.jobs.open()  # a bad WATCHER_JOBSTORE_URL stops us before anything starts
             stack.push_async_callback(self._bounded, "schedule store", self.jobs.close, PHASE_CAP)
+            await self._open_record()
+            stack.push_async_callback(self._bounded, "delivery record", self._close_record, PHASE_CAP)
             sock = bind_socket(s.http_host, s.http_port)
             stack.callback(sock.close)  # uvicorn closes it too once serving; twice is harmless
             if handle_signals:
@@ -193,7 +205,10 @@ class Service:
             app = create_app(
                 self.metrics.registry,
                 self.readiness,
-                extra_routes=job_routes(self.jobs, s.api_token),
+                extra_routes=[
+                    *job_routes(self.jobs, s.api_token),
+                    *record_routes(self._explainer(), self.record, s.api_token),
+                ],
                 limits=Limits(s.http_max_connections, s.http_request_timeout),
             )
             http = HttpServer(app, s)
@@ -219,6 +234,7 @@ class Service:
                 asyncio.create_task(self.intake.run_settler(self.stop_event), name="settler"),
                 startup_scan,
                 asyncio.create_task(supervisor.run(self.stop_event), name="observer-supervisor"),
+                asyncio.create_task(self._keep_record_tidy(), name="record-retention"),
                 asyncio.create_task(
                     self.progress.run(
                         self.stop_event,
@@ -252,6 +268,42 @@ class Service:
             await self.stop_event.wait()
         self._log_summary(started)
         return 0
+
+    def _explainer(self) -> Explainer:
+        return Explainer(
+            inbox=self.settings.inbox,
+            settle_seconds=self.settings.settle_seconds,
+            intake=self.intake,
+            gate=self.gate,
+            path_filter=self.intake.filter,
+            record=self.record,
+            next_rescan=lambda: self.jobs.next_run(RESCAN_JOB_ID),
+        )
+
+    async def _open_record(self) -> None:
+        try:
+            await asyncio.to_thread(self.record.open)
+        except Exception as exc:
+            raise RecordUnavailable(
+                f"the delivery record {self.settings.state_dir / 'record.sqlite'} cannot be opened: {exc}; "
+                "check that WATCHER_STATE_DIR is writable and has free space"
+            ) from exc
+
+    async def _close_record(self) -> None:
+        await asyncio.to_thread(self.record.close)
+
+    async def _keep_record_tidy(self) -> None:
+        """Remove records older than WATCHER_RECORD_RETENTION_DAYS: at start, then every hour."""
+        days = self.settings.record_retention_days
+        while days > 0 and not self.stop_event.is_set():
+            try:
+                removed = await asyncio.to_thread(self.record.purge, time.time() - days * 86400)
+                if removed:
+                    log.info("record.purged", removed=removed, retention_days=days)
+            except Exception as exc:  # noqa: BLE001 - the next round tries again; readiness reports it
+                log.warning("record.purge_failed", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), RETENTION_EVERY)
 
     async def _cancel_intake(self, tasks: list[asyncio.Task[None]]) -> None:
         self.stop_event.set()  # the loops that wait on it return (also after a start-up failure)

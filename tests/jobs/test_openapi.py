@@ -123,7 +123,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 OPS = sorted(EXPECTED_OPERATIONS | RECORD_OPERATIONS)
 FUZZED = (
     [(p, m, GenerationMode.POSITIVE, False) for p, m in OPS]
-    + [(p, m, GenerationMode.NEGATIVE, False) for p, m in OPS if "{" in p or m in ("post", "patch")]
+    + [(p, m, GenerationMode.NEGATIVE, False) for p, m in OPS if "{id}" in p or m in ("post", "patch")]
     + [(p, m, GenerationMode.POSITIVE, True) for p, m in OPS if "{id}" in p]
     + [(p, m, GenerationMode.NEGATIVE, True) for p, m in OPS if "{id}" in p and m != "get"]
 )

@@ -1,14 +1,18 @@
 """Crash chaos: writers of every kind keep filling the inbox while the real `watcher run` process is
 SIGKILLed at random moments and restarted. At the end every file is in the outbox exactly once,
-byte-identical, the inbox is empty, no temporary file is left anywhere and nothing is quarantined.
+byte-identical, the inbox is empty, no temporary file is left anywhere and nothing is quarantined;
+every delivered file has exactly one `delivered` record and every record's bytes are in the outbox.
 
 Replay a failing run with ``WATCHER_SOAK_SEED=<printed seed>``.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import hashlib
 import random
+import sqlite3
 import time
 from pathlib import Path
 
@@ -26,6 +30,7 @@ from tests.reliability.support import (
 from tests.support.fs import count_files
 from tests.support.process import WatcherProcess
 from tests.support.wait import wait_until
+from watcher.pipeline.transfer import is_temp_name
 
 
 def chaos(tmp_path: Path, outbox_fs: str, n: int, kills: int, big_files: int, timeout: float) -> None:
@@ -33,7 +38,7 @@ def chaos(tmp_path: Path, outbox_fs: str, n: int, kills: int, big_files: int, ti
     rng = random.Random(seed)
     with contextlib.ExitStack() as stack:
         outbox = stack.enter_context(shm_dir("chaos")) if outbox_fs == "other" else tmp_path / "outbox"
-        env = process_env(tmp_path, WATCHER_OUTBOX=str(outbox), WATCHER_RESCAN_INTERVAL="2")
+        env = process_env(tmp_path, WATCHER_OUTBOX=str(outbox), WATCHER_RESCAN_INTERVAL="2", WATCHER_CHECKSUM="sha256")
         inbox, failed = tmp_path / "inbox", tmp_path / "state" / "failed"
         proc = WatcherProcess(tmp_path, env).start()
         stack.callback(proc.close)
@@ -64,10 +69,31 @@ def chaos(tmp_path: Path, outbox_fs: str, n: int, kills: int, big_files: int, ti
         leftovers = temp_files(inbox, outbox, failed, tmp_path / "staging")
         assert not leftovers, f"seed={seed}: temporary files left: {leftovers[:5]}"
         assert count_files(failed) == 0, f"seed={seed}: files quarantined"
+        assert_recorded(tmp_path / "state" / "record.sqlite", outbox, seed)
         print(
             f"chaos outbox_fs={outbox_fs} seed={seed}: {len(work.expected)} files, "
             f"{work.bytes_written / MiB:.1f} MiB, {killed} SIGKILLs, {elapsed:.1f}s"
         )
+
+
+def assert_recorded(database: Path, outbox: Path, seed: int) -> None:
+    """Every delivered file has exactly one `delivered` record, and no record claims a delivery whose
+    bytes are not in the outbox (size and SHA-256 compared).
+    """
+    with sqlite3.connect(database) as conn:
+        rows = conn.execute("select path, outcome, target, size, sha256 from watcher_deliveries").fetchall()
+    delivered = collections.Counter(target for _, outcome, target, _, _ in rows if outcome == "delivered")
+    on_disk = {str(p.relative_to(outbox)) for p in outbox.rglob("*") if p.is_file() and not is_temp_name(p.name)}
+    assert set(delivered) == on_disk, (
+        f"seed={seed}: files without a delivered record: {sorted(on_disk - set(delivered))[:5]}"
+    )
+    twice = [target for target, n in delivered.items() if n > 1]
+    assert not twice, f"seed={seed}: delivered recorded twice: {twice[:5]}"
+    for path, outcome, target, size, sha256 in rows:
+        placed = outbox / target
+        assert placed.is_file(), f"seed={seed}: the record says {path} went to {target} ({outcome}), which is missing"
+        assert placed.stat().st_size == size, f"seed={seed}: {target}: recorded size {size}"
+        assert hashlib.sha256(placed.read_bytes()).hexdigest() == sha256, f"seed={seed}: {target}: recorded digest"
 
 
 @pytest.mark.parametrize("outbox_fs", ["same", "other"])

@@ -30,8 +30,16 @@ def regular_files(root: Path) -> list[Path]:
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    """Relative path → bytes of every regular file under root."""
-    return {str(path.relative_to(root)): path.read_bytes() for path in regular_files(root)}
+    """Relative path → bytes of every regular file under root (one that vanishes meanwhile, such as a
+    temporary name of a delivery in progress, is left out).
+    """
+    out: dict[str, bytes] = {}
+    for path in regular_files(root):
+        try:
+            out[str(path.relative_to(root))] = path.read_bytes()
+        except FileNotFoundError:
+            continue
+    return out
 
 
 def all_entries(root: Path) -> list[str]:

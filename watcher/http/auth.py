@@ -21,6 +21,11 @@ class BearerAuth:
         """Keep the token's bytes; None leaves the API read-only."""
         self._token = token.get_secret_value().encode("utf-8") if token is not None else None
 
+    def check_read(self, request: Request) -> None:
+        """Reads of the delivery record: open without a configured token, else like :meth:`check`."""
+        if self._token is not None:
+            self.check(request)
+
     def check(self, request: Request) -> None:
         """Raise 403 when no token is configured, 401 unless the header carries the token."""
         if self._token is None:

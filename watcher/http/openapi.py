@@ -103,6 +103,7 @@ class Operation:
     tag: str = "jobs"
     description: str = ""
     path_params: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    query_params: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # name → schema (optional)
 
 
 class ApiRoute(Route):
@@ -151,7 +152,7 @@ def build_openapi(routes: Iterable[BaseRoute], *, title: str, version: str, desc
     refs, defs = models_json_schema(list(wanted), ref_template=REF_TEMPLATE)
     paths: dict[str, dict[str, Any]] = {}
     for route in api_routes:
-        item = paths.setdefault(route.path, {})
+        item = paths.setdefault(re.sub(r"{(\w+):\w+}", r"{\1}", route.path), {})
         for method, op in route.operations.items():
             doc: dict[str, Any] = {"operationId": op.operation_id, "summary": op.summary, "tags": [op.tag]}
             if op.description:
@@ -167,6 +168,11 @@ def build_openapi(routes: Iterable[BaseRoute], *, title: str, version: str, desc
                     }
                     for name in params
                 ]
+            if op.query_params:
+                doc.setdefault("parameters", []).extend(
+                    {"name": name, "in": "query", "required": False, "schema": schema}
+                    for name, schema in op.query_params.items()
+                )
             if op.request is not None:
                 doc["requestBody"] = {
                     "required": True,
@@ -186,7 +192,7 @@ def build_openapi(routes: Iterable[BaseRoute], *, title: str, version: str, desc
                 "bearerAuth": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "The value of WATCHER_API_TOKEN; needed by POST, PATCH and DELETE.",
+                    "description": "The value of WATCHER_API_TOKEN; needed by POST, PATCH and DELETE, and (when set) by /files and /deliveries.",
                 }
             },
         },

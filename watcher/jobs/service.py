@@ -43,6 +43,14 @@ class JobService(JobRuntime):
             raise JobNotFound(f"no job with id {job_id!r}")
         return job
 
+    async def next_run(self, job_id: str) -> float | None:
+        """Unix time of the job's next run; None when paused, absent or the scheduler is down."""
+        try:
+            job = await self._job(job_id)
+        except (JobNotFound, SchedulerUnavailable):
+            return None
+        return job.next_run_time.timestamp() if job.next_run_time is not None else None
+
     async def list_jobs(self) -> list[dict[str, Any]]:
         """Every job, by id."""
         jobs = await asyncio.to_thread(self._running_scheduler().get_jobs)

@@ -47,6 +47,8 @@ class Tracked:
     rerun: bool = False
     counted: bool = False
     due_mono: float = 0.0
+    last_error: str = ""  # the last failed attempt's error (for GET /files)
+    retry_at: float = 0.0  # wall time of the next attempt while retrying
 
 
 class Intake:

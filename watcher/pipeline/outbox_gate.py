@@ -13,6 +13,7 @@ import asyncio
 import errno
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from watcher.clock import SYSTEM_CLOCK, Clock
@@ -73,11 +74,20 @@ class OutboxGate:
     """Open while deliveries may run; closed (with a reason) while the outbox cannot take files."""
 
     def __init__(
-        self, outbox: Path, metrics: Metrics, probe_interval: float = 2.0, clock: Clock = SYSTEM_CLOCK
+        self,
+        outbox: Path,
+        metrics: Metrics,
+        probe_interval: float = 2.0,
+        clock: Clock = SYSTEM_CLOCK,
+        also: Callable[[], str | None] | None = None,
     ) -> None:
-        """Start open; every `probe_interval` seconds of `clock` the gate looks at (or, closed, tests) the outbox."""
+        """Start open; every `probe_interval` seconds of `clock` the gate looks at (or, closed, tests) the
+        outbox, and `also` (blocking: None when fine, else why not), another place every delivery must
+        write to: the delivery record.
+        """
         self.clock = clock
         self.outbox = outbox
+        self._also = also
         self.metrics = metrics
         self.probe_interval = probe_interval
         self._open = asyncio.Event()
@@ -86,6 +96,10 @@ class OutboxGate:
         self._prober: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+
+    def _problem(self, look: Callable[[Path], str | None]) -> str | None:
+        """The outbox's problem (by `look`), else the other destination's (blocking)."""
+        return look(self.outbox) or (self._also() if self._also is not None else None)
 
     @property
     def is_open(self) -> bool:
@@ -100,7 +114,7 @@ class OutboxGate:
         while not await self._stopped_within(self.probe_interval):
             if not self._open.is_set():
                 continue
-            problem = await asyncio.to_thread(outbox_problem, self.outbox)
+            problem = await asyncio.to_thread(self._problem, outbox_problem)
             if problem is not None and not self._stopping.is_set():
                 self.close(problem)
 
@@ -133,7 +147,7 @@ class OutboxGate:
         while True:
             if await self._stopped_within(self.probe_interval):
                 return
-            problem = await asyncio.to_thread(probe_write, self.outbox)
+            problem = await asyncio.to_thread(self._problem, probe_write)
             if problem is None:
                 break
             self.reason = problem

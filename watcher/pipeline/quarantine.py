@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from watcher.pipeline.transfer import TransferOutcome, TransferResult, deliver, write_beside
+from watcher.pipeline.transfer import BeforeRemove, TransferOutcome, TransferResult, deliver, write_beside
 
 SIDECAR_SUFFIX = ".error.json"
 
@@ -52,9 +52,15 @@ def _errno_name(err: int | None) -> str | None:
     return errno_mod.errorcode.get(err) if err is not None else None
 
 
-def move_to_failed(src: Path, rel: str, failed_root: Path, fsync: bool) -> TransferResult:
-    """Move the source into the failed dir with its relative path kept (blocking)."""
-    return deliver(src, rel, failed_root, on_conflict="rename", fsync=fsync, abort=threading.Event())
+def move_to_failed(
+    src: Path, rel: str, failed_root: Path, fsync: bool, before_remove: BeforeRemove | None = None
+) -> TransferResult:
+    """Move the source into the failed dir with its relative path kept (blocking); `before_remove`
+    writes the record row once the move is durable, before the source goes.
+    """
+    return deliver(
+        src, rel, failed_root, on_conflict="rename", fsync=fsync, abort=threading.Event(), before_remove=before_remove
+    )
 
 
 def write_sidecar(failed_root: Path, dest: Path, report: FailureReport, fsync: bool = True) -> Path:

@@ -24,13 +24,16 @@ from __future__ import annotations
 import ctypes
 import enum
 import errno
+import hashlib
 import os
 import stat
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from watcher.config import OnConflict
 
@@ -38,6 +41,7 @@ TEMP_PREFIX = ".watcher-"
 TEMP_SUFFIX = ".tmp"
 _CHUNK = 64 * 1024 * 1024  # per copy syscall; between chunks a shutdown can abort the copy
 _COMPARE_CHUNK = 1024 * 1024
+_HASH_CHUNK = 4 * 1024 * 1024  # per read when hashing: big enough to keep the syscall count small
 # Errors of the destination side that are not the file's fault: delivery pauses instead of retrying.
 # ENOTDIR is not one of them: below the root every name is resolved relative to an open folder fd,
 # so ENOTDIR can only mean a non-folder on the way to one file (UnsafeTargetPath); a root that is not
@@ -65,6 +69,8 @@ class TransferResult:
     size: int = 0
     reason: str = ""
     seconds: float = 0.0  # this file's own transfer time (its share of the batch's group flushes)
+    sha256: str | None = None  # with checksums on: the digest of the delivered bytes
+    recovered: bool = False  # DELIVERED found already in place: an earlier run's link (crash recovery)
 
 
 class OutboxUnavailable(Exception):
@@ -310,16 +316,18 @@ def _same_bytes(fd: int, src_size: int, folder: int, other: str) -> bool:
 class _Target:
     name: str  # in the target folder
     replace: bool
+    present: bool = False  # identical bytes are already there under `name`
+    ours: bool = False  # ...and they are this very file: an earlier run linked it, then stopped
 
 
-def _resolve_target(fd: int, st: os.stat_result, folder: int, name: str, on_conflict: OnConflict) -> _Target | None:
-    """Where the file goes in the folder fd `folder`, or None when identical bytes are already there."""
+def _resolve_target(fd: int, st: os.stat_result, folder: int, name: str, on_conflict: OnConflict) -> _Target:
+    """Where the file goes in the folder fd `folder`, or where identical bytes already are."""
     try:
         existing = os.lstat(name, dir_fd=folder)
     except FileNotFoundError:
         return _Target(name, replace=False)
-    if (existing.st_dev, existing.st_ino) == (st.st_dev, st.st_ino) or _same_bytes(fd, st.st_size, folder, name):
-        return None
+    if _already(fd, st, folder, name, existing):
+        return _Target(name, replace=False, present=True, ours=_ours(st, existing))
     if on_conflict == "overwrite":
         return _Target(name, replace=True)
     if on_conflict == "fail":
@@ -332,9 +340,24 @@ def _resolve_target(fd: int, st: os.stat_result, folder: int, name: str, on_conf
         except FileNotFoundError:
             return _Target(candidate, replace=False)
         # A crash after an earlier renamed delivery must not deliver the same bytes twice.
-        if (cst.st_dev, cst.st_ino) == (st.st_dev, st.st_ino) or _same_bytes(fd, st.st_size, folder, candidate):
-            return None
+        if _already(fd, st, folder, candidate, cst):
+            return _Target(candidate, replace=False, present=True, ours=_ours(st, cst))
         n += 1
+
+
+def _already(fd: int, st: os.stat_result, folder: int, name: str, existing: os.stat_result) -> bool:
+    same_inode = (existing.st_dev, existing.st_ino) == (st.st_dev, st.st_ino)
+    return same_inode or _same_bytes(fd, st.st_size, folder, name)
+
+
+def _ours(st: os.stat_result, existing: os.stat_result) -> bool:
+    """Identical bytes that an earlier run of ours placed: the source's own inode (a link), or a copy
+    with the source's mtime to the nanosecond and its mode (what the copy path sets). A user's copy
+    made with ``cp -p`` would pass too; it is then recorded as delivered rather than duplicate.
+    """
+    if (existing.st_dev, existing.st_ino) == (st.st_dev, st.st_ino):
+        return True
+    return existing.st_mtime_ns == st.st_mtime_ns and stat.S_IMODE(existing.st_mode) == stat.S_IMODE(st.st_mode)
 
 
 def _copy_fd(src: int, dst: int, size: int, abort: threading.Event) -> int:
@@ -358,6 +381,32 @@ def _copy_fd(src: int, dst: int, size: int, abort: threading.Event) -> int:
         if n == 0:
             return copied
         copied += n
+
+
+def _copy_hashing(src: int, dst: int, abort: threading.Event, hasher: Any) -> int:
+    """Copy through user space, hashing on the way: one read of the data (WATCHER_CHECKSUM=sha256)."""
+    copied = 0
+    while True:
+        if abort.is_set():
+            raise TransferAborted("shutdown interrupted the copy")
+        chunk = os.pread(src, _HASH_CHUNK, copied)
+        if not chunk:
+            return copied
+        hasher.update(chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(dst, view) :]
+        copied += len(chunk)
+
+
+def sha256_of(fd: int) -> str:
+    """The SHA-256 of the whole file open at `fd` (one read, from offset 0)."""
+    hasher = hashlib.sha256()
+    offset = 0
+    while chunk := os.pread(fd, _HASH_CHUNK, offset):
+        hasher.update(chunk)
+        offset += len(chunk)
+    return hasher.hexdigest()
 
 
 class _Swapped(Exception):
@@ -396,7 +445,7 @@ def _place(item: _Open, target: _Target, fsync: bool) -> None:
 
 
 def _copy_to_temp(
-    fd: int, st: os.stat_result, folder: _Folder, fsync: bool, abort: threading.Event
+    fd: int, st: os.stat_result, folder: _Folder, fsync: bool, abort: threading.Event, hasher: Any = None
 ) -> tuple[str, tuple[int, int]]:
     """Copy into a new temporary name in `folder`; return that name and its (device, inode)."""
     tmp = _temp_name()
@@ -410,7 +459,7 @@ def _copy_to_temp(
     try:
         try:
             tst = os.fstat(out)
-            copied = _copy_fd(fd, out, st.st_size, abort)
+            copied = _copy_fd(fd, out, st.st_size, abort) if hasher is None else _copy_hashing(fd, out, abort, hasher)
             after = os.fstat(fd)
             if copied != after.st_size or after.st_mtime_ns != st.st_mtime_ns or copied != st.st_size:
                 raise SourceChanged(f"source changed during the copy ({st.st_size} → {after.st_size} bytes)")
@@ -468,6 +517,7 @@ class _Open:
     ino: tuple[int, int] = (0, 0)
     result: TransferResult | None = None
     seconds: float = 0.0  # time spent on this file alone, plus its share of the group flushes
+    hasher: Any = None  # hashlib's sha256 while a copy computes the digest
 
     @property
     def dest(self) -> Path:
@@ -537,14 +587,15 @@ def _open_source(src: Path, rel: str, folders: _Folders) -> _Open | TransferResu
     return _Open(src, fd, st, folder, name, same_fs)
 
 
-def _stage(item: _Open, fsync_each: bool, abort: threading.Event) -> None:
+def _stage(item: _Open, fsync_each: bool, abort: threading.Event, checksum: bool = False) -> None:
     """Make the bytes ready to be linked: the source itself, or a copy under a temporary name."""
     if item.same_fs:
         if fsync_each:
             os.fsync(item.fd)
         item.link_from, item.link_dir_fd, item.ino = item.src, None, (item.st.st_dev, item.st.st_ino)
     else:
-        item.temp, item.ino = _copy_to_temp(item.fd, item.st, item.folder, fsync_each, abort)
+        item.hasher = hashlib.sha256() if checksum else None
+        item.temp, item.ino = _copy_to_temp(item.fd, item.st, item.folder, fsync_each, abort, item.hasher)
         item.link_from, item.link_dir_fd = item.temp, item.folder.fd
 
 
@@ -566,8 +617,11 @@ def _commit(item: _Open, on_conflict: OnConflict, fsync_each: bool, abort: threa
 def _commit_once(item: _Open, on_conflict: OnConflict, fsync_each: bool) -> TransferResult:
     for _ in range(100):  # another writer may take the name between resolve and link
         target = _resolve_target(item.fd, item.st, item.folder.fd, item.name, on_conflict)
-        if target is None:
-            return TransferResult(TransferOutcome.DUPLICATE, dest=item.dest, size=item.st.st_size)
+        if target.present:
+            # Our own earlier link (a crash between it and the record) counts as that delivery.
+            outcome = TransferOutcome.DELIVERED if target.ours else TransferOutcome.DUPLICATE
+            dest = item.folder.path / target.name
+            return TransferResult(outcome, dest=dest, size=item.st.st_size, recovered=target.ours)
         try:
             _place(item, target, fsync_each)
         except FileExistsError:
@@ -604,6 +658,7 @@ def syncfs(fd: int) -> None:
 
 
 Outcomes = list["TransferResult | Exception"]
+BeforeRemove = Callable[[list[tuple[int, TransferResult]]], None]
 
 
 def deliver_batch(
@@ -613,12 +668,19 @@ def deliver_batch(
     on_conflict: OnConflict = "rename",
     fsync: bool = True,
     abort: threading.Event | None = None,
+    checksum: bool = False,
+    before_remove: BeforeRemove | None = None,
 ) -> Outcomes:
     """Deliver several files with one group commit; blocking. One result or exception per item.
 
     One file is made durable with its own fsyncs (lowest latency). Several share ``syncfs`` calls on
     the outbox filesystem: copies are flushed before any is linked into place, the links before any
     source is removed, so durability before removal holds for every file of the batch.
+
+    `checksum`: each placed file's SHA-256, computed while copying or by one read after linking.
+    `before_remove` gets the placed files' (index, result) once they are durable and before any source
+    is removed (the delivery record's one transaction); when it raises, no source is removed and each
+    of those files answers with that exception.
     """
     abort = abort or threading.Event()
     fsync_each = fsync and len(items) == 1
@@ -645,7 +707,7 @@ def deliver_batch(
         for slot, item in zip(slots, opened, strict=True):
             try:
                 began = time.perf_counter()
-                _stage(item, fsync_each, abort)
+                _stage(item, fsync_each, abort, checksum)
                 item.seconds += time.perf_counter() - began
                 live.append((slot, item))
             except Exception as exc:  # noqa: BLE001 - reported per item
@@ -669,7 +731,10 @@ def deliver_batch(
         for slot, item in zip(slots, opened, strict=True):
             done = outcomes[slot]
             if isinstance(done, TransferResult):
-                outcomes[slot] = replace(done, seconds=item.seconds)
+                digest = _digest(item, done) if checksum else None
+                outcomes[slot] = item.result = replace(done, seconds=item.seconds, sha256=digest)
+        if before_remove is not None:
+            _before_remove(before_remove, committed, outcomes)
     finally:
         try:
             for item in opened:
@@ -680,6 +745,27 @@ def deliver_batch(
         finally:
             folders.close()  # after _finish: it removes temporary names relative to these fds
     return outcomes
+
+
+def _digest(item: _Open, done: TransferResult) -> str | None:
+    """The placed bytes' SHA-256: from the copy's own read, else one read of the (linked) source."""
+    if done.outcome not in (TransferOutcome.DELIVERED, TransferOutcome.DUPLICATE):
+        return None
+    if item.hasher is not None and not done.recovered and done.outcome is TransferOutcome.DELIVERED:
+        return str(item.hasher.hexdigest())
+    return sha256_of(item.fd)
+
+
+def _before_remove(hook: BeforeRemove, committed: list[tuple[int, _Open]], outcomes: Outcomes) -> None:
+    placed = [(slot, item) for slot, item in committed if item.result is not None]
+    if not placed:
+        return
+    try:
+        hook([(slot, result) for slot, item in placed if (result := item.result) is not None])
+    except Exception as exc:  # noqa: BLE001 - each placed file answers with it, and keeps its source
+        for slot, item in placed:
+            outcomes[slot] = exc
+            item.result = None
 
 
 def _group_sync(members: list[tuple[int, _Open]], outcomes: Outcomes) -> None:
@@ -712,6 +798,8 @@ def deliver(
     on_conflict: OnConflict = "rename",
     fsync: bool = True,
     abort: threading.Event | None = None,
+    checksum: bool = False,
+    before_remove: BeforeRemove | None = None,
 ) -> TransferResult:
     """Deliver the file `src` (relative path `rel`) to ``root/rel``; blocking.
 
@@ -719,7 +807,15 @@ def deliver(
     OSError (retry; among them UnsafeTargetPath: a symlink or a non-folder on the way below the
     root), TransferAborted (shutdown).
     """
-    (outcome,) = deliver_batch([(src, rel)], root, on_conflict=on_conflict, fsync=fsync, abort=abort)
+    (outcome,) = deliver_batch(
+        [(src, rel)],
+        root,
+        on_conflict=on_conflict,
+        fsync=fsync,
+        abort=abort,
+        checksum=checksum,
+        before_remove=before_remove,
+    )
     if isinstance(outcome, Exception):
         raise outcome
     return outcome

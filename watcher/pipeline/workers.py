@@ -22,6 +22,7 @@ from watcher.pipeline.intake import Intake, Tracked
 from watcher.pipeline.outbox_gate import OutboxGate
 from watcher.pipeline.quarantine import FailureReport, move_to_failed, quarantined, write_sidecar
 from watcher.pipeline.transfer import (
+    BeforeRemove,
     ConflictRefused,
     OutboxUnavailable,
     SourceChanged,
@@ -30,6 +31,8 @@ from watcher.pipeline.transfer import (
     TransferResult,
     deliver_batch,
 )
+from watcher.record.rows import delivery_entry, quarantine_entry
+from watcher.record.store import DeliveryRecord
 
 log = get_logger(__name__)
 BACKOFF_BASE = 0.5
@@ -56,9 +59,13 @@ class WorkerPool:
         intake: Intake,
         queue: asyncio.Queue[Tracked],
         gate: OutboxGate,
+        record: DeliveryRecord | None = None,
     ) -> None:
-        """Bind to the shared queue, intake bookkeeping and outbox gate."""
+        """Bind to the shared queue, intake bookkeeping and outbox gate; `record` gets a row per file
+        that leaves the inbox, written before its source is removed.
+        """
         self.settings = settings
+        self.record = record
         self.metrics = metrics
         self.intake = intake
         self.queue = queue
@@ -135,6 +142,8 @@ class WorkerPool:
                 on_conflict=s.on_conflict,
                 fsync=s.fsync,
                 abort=self.abort,
+                checksum=s.checksum == "sha256",
+                before_remove=self._recorder(pending),
             )
             started = time.monotonic()
             self.metrics.inflight_transfers.inc(len(pending))
@@ -153,6 +162,28 @@ class WorkerPool:
                 else:
                     await self._account(item, outcome, duration, started)
             pending = blocked
+
+    def _recorder(self, batch: list[Tracked]) -> BeforeRemove | None:
+        """The hook that writes a batch's record rows in one transaction, before any source goes."""
+        record = self.record
+        if record is None:
+            return None
+        outbox, replica = self.settings.outbox, self.settings.replica_id
+
+        def write(placed: list[tuple[int, TransferResult]]) -> None:
+            now = time.time()
+            rows = [delivery_entry(batch[i], result, outbox, replica, now) for i, result in placed]
+            # A delivery found already in place after a crash may already have its row (the crash
+            # came between the record and the removal of the source): one delivery, one row.
+            record.write(
+                [
+                    row
+                    for row, (_, result) in zip(rows, placed, strict=True)
+                    if row is not None and not (result.recovered and record.has_delivery(row.path, row.target))
+                ]
+            )
+
+        return write
 
     async def _account(
         self, item: Tracked, outcome: TransferResult | Exception, duration: float, started: float
@@ -208,6 +239,7 @@ class WorkerPool:
             await self._quarantine(item, exc, started)
             return
         delay = backoff_delay(item.attempts)
+        item.last_error, item.retry_at = str(exc), time.time() + delay
         self.metrics.files_retried.inc()
         self.summary["retried"] += 1
         log.warning(
@@ -236,8 +268,18 @@ class WorkerPool:
         failed_root = self.settings.failed_path
         fsync = self.settings.fsync
 
+        attempt_began = time.time() - (time.monotonic() - started)
+        record = self.record
+
+        def write_row(placed: list[tuple[int, TransferResult]]) -> None:
+            if record is not None:
+                replica = self.settings.replica_id
+                record.write(
+                    [quarantine_entry(item, r, failed_root, replica, report.error, attempt_began) for _, r in placed]
+                )
+
         def move() -> TransferResult:
-            result = move_to_failed(src, item.rel, failed_root, fsync)
+            result = move_to_failed(src, item.rel, failed_root, fsync, before_remove=write_row)
             if quarantined(result) and result.dest is not None:
                 write_sidecar(failed_root, result.dest, report, fsync)
             return result

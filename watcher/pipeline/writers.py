@@ -9,21 +9,17 @@ shares the volume is covered by the settle time alone (documented in docs/guaran
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 FileId = tuple[int, int]  # (st_dev, st_ino)
 
 
-def open_for_writing(wanted: Iterable[FileId], proc: str = "/proc") -> set[FileId]:
-    """Return the members of `wanted` that some process has open with write access."""
-    targets = set(wanted)
-    found: set[FileId] = set()
-    if not targets:
-        return found
+def _open_files(proc: str) -> Iterator[tuple[int, FileId, str]]:
+    """(pid, file id, its fdinfo path) of every file descriptor we may look at."""
     try:
         pids = [p for p in os.listdir(proc) if p.isdigit()]
     except OSError:
-        return found
+        return
     # Our own process is included on purpose: it only ever opens inbox files read-only.
     for pid in pids:
         fd_dir = f"{proc}/{pid}/fd"
@@ -36,10 +32,15 @@ def open_for_writing(wanted: Iterable[FileId], proc: str = "/proc") -> set[FileI
                 st = os.stat(f"{fd_dir}/{fd}")
             except OSError:
                 continue
-            key = (st.st_dev, st.st_ino)
-            if key in targets and _writable(f"{proc}/{pid}/fdinfo/{fd}"):
-                found.add(key)
-    return found
+            yield int(pid), (st.st_dev, st.st_ino), f"{proc}/{pid}/fdinfo/{fd}"
+
+
+def open_for_writing(wanted: Iterable[FileId], proc: str = "/proc") -> set[FileId]:
+    """Return the members of `wanted` that some process has open with write access."""
+    targets = set(wanted)
+    if not targets:
+        return set()
+    return {key for _, key, fdinfo in _open_files(proc) if key in targets and _writable(fdinfo)}
 
 
 def _writable(fdinfo: str) -> bool:
@@ -52,3 +53,17 @@ def _writable(fdinfo: str) -> bool:
     except (OSError, ValueError):
         return False
     return False
+
+
+def writers_of(wanted: FileId, proc: str = "/proc") -> list[tuple[int, str]]:
+    """(pid, program) of each process that holds the file `wanted` open for writing (for GET /files)."""
+    pids = sorted({pid for pid, key, fdinfo in _open_files(proc) if key == wanted and _writable(fdinfo)})
+    return [(pid, _program(f"{proc}/{pid}/comm")) for pid in pids]
+
+
+def _program(comm: str) -> str:
+    try:
+        with open(comm, encoding="utf-8", errors="replace") as handle:
+            return handle.read().strip()
+    except OSError:
+        return "?"

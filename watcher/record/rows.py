@@ -1,0 +1,67 @@
+"""Record rows from what the pipeline knows about a file when it leaves the inbox."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from watcher.logging import printable
+from watcher.pipeline.intake import Tracked
+from watcher.pipeline.transfer import TransferOutcome, TransferResult
+from watcher.record.store import Entry, RecordOutcome
+
+
+def delivery_entry(item: Tracked, result: TransferResult, root: Path, replica: str, now: float) -> Entry | None:
+    """The row of a delivered or duplicate file (None for any other outcome)."""
+    outcome: RecordOutcome
+    if result.outcome is TransferOutcome.DELIVERED:
+        outcome = "delivered"
+    elif result.outcome is TransferOutcome.DUPLICATE:
+        outcome = "duplicate"
+    else:
+        return None
+    return Entry(
+        path=printable(item.rel),
+        outcome=outcome,
+        target=_relative(result.dest, root, item.rel),
+        size=result.size,
+        sha256=result.sha256,
+        first_seen=item.first_seen_wall,
+        # Found complete: never before it was first seen (a walk dates an old file by its mtime).
+        completed_at=max(item.ready_wall, item.first_seen_wall) if item.ready_wall else now,
+        finished_at=now,
+        attempts=item.attempts + 1,
+        error=None,
+        replica=replica,
+        source=item.source,
+    )
+
+
+def quarantine_entry(
+    item: Tracked, result: TransferResult, root: Path, replica: str, error: str, attempt_began: float
+) -> Entry:
+    """The row of a file moved to the failed dir; `completed_at` is when its last attempt began."""
+    now = time.time()
+    return Entry(
+        path=printable(item.rel),
+        outcome="quarantined",
+        target=_relative(result.dest, root, item.rel),
+        size=result.size,
+        sha256=result.sha256,
+        first_seen=item.first_seen_wall,
+        completed_at=attempt_began,
+        finished_at=now,
+        attempts=max(item.attempts, 1),
+        error=error,
+        replica=replica,
+        source=item.source,
+    )
+
+
+def _relative(dest: Path | None, root: Path, fallback: str) -> str:
+    if dest is None:
+        return printable(fallback)
+    try:
+        return printable(str(dest.relative_to(root)))
+    except ValueError:
+        return printable(fallback)

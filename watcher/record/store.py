@@ -1,0 +1,277 @@
+"""The delivery record: one row per file that left the inbox (SQLAlchemy Core; SQLite in the state dir).
+
+Rows are written by the transfer thread in one transaction per batch, after the batch's group commit
+made the deliveries durable and before any source is removed, so a record survives SIGKILL once its
+source is gone. SQLite runs in WAL mode with ``synchronous=FULL``: a commit is on disk when it
+returns. Every method blocks; the service calls them from worker threads.
+
+Only what the contract asks is kept: paths, sizes, times, outcomes, the error text and (with
+WATCHER_CHECKSUM=sha256) the digest. Never any file content.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sqlalchemy import (
+    Column,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Unicode,
+    UnicodeText,
+    and_,
+    create_engine,
+    delete,
+    event,
+    insert,
+    select,
+    tuple_,
+)
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from watcher.pipeline.transfer import OutboxUnavailable
+
+RecordOutcome = Literal["delivered", "duplicate", "quarantined"]
+OUTCOMES: tuple[RecordOutcome, ...] = ("delivered", "duplicate", "quarantined")
+PAGE_MAX = 1000
+
+metadata = MetaData()
+
+deliveries = Table(
+    "watcher_deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("path", UnicodeText, nullable=False),
+    Column("outcome", Unicode(16), nullable=False),
+    Column("target", UnicodeText, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("sha256", Unicode(64), nullable=True),
+    Column("first_seen", Float(25), nullable=False),
+    Column("completed_at", Float(25), nullable=False),
+    Column("finished_at", Float(25), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("error", UnicodeText, nullable=True),
+    Column("replica", Unicode(63), nullable=False),
+    Column("source", Unicode(16), nullable=False),
+    # What the queries filter on: a path's history, a time window in order, an outcome in order.
+    Index("watcher_deliveries_path", "path", "id"),
+    Index("watcher_deliveries_finished", "finished_at", "id"),
+    Index("watcher_deliveries_outcome", "outcome", "finished_at", "id"),
+)
+
+# The readiness probe writes here and rolls back: proof that the record takes writes.
+probe = Table("watcher_record_probe", metadata, Column("checked_at", Float(25), nullable=False))
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of the record (times are Unix seconds, UTC)."""
+
+    path: str
+    outcome: RecordOutcome
+    target: str
+    size: int
+    sha256: str | None
+    first_seen: float
+    completed_at: float
+    finished_at: float
+    attempts: int
+    error: str | None
+    replica: str
+    source: str
+    id: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as the API answers it (timestamps RFC 3339, UTC)."""
+        return {
+            "id": self.id,
+            "path": self.path,
+            "outcome": self.outcome,
+            "target": self.target,
+            "size": self.size,
+            "sha256": self.sha256,
+            "first_seen": rfc3339(self.first_seen),
+            "completed_at": rfc3339(self.completed_at),
+            "finished_at": rfc3339(self.finished_at),
+            "attempts": self.attempts,
+            "error": self.error,
+            "replica": self.replica,
+            "source": self.source,
+        }
+
+
+def rfc3339(ts: float) -> str:
+    """A Unix time as RFC 3339 in UTC with a ``Z``."""
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+class RecordUnavailable(OutboxUnavailable):
+    """The record cannot be written (state dir full or read-only, database locked): delivery pauses,
+    exactly as for an unusable outbox, and no source is removed.
+    """
+
+
+class BadCursor(ValueError):
+    """A ``cursor=`` that this service did not hand out."""
+
+
+def _sqlite_pragmas(conn: DBAPIConnection, _: ConnectionPoolEntry) -> None:
+    cursor = conn.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")  # in WAL mode NORMAL would not flush at commit
+        cursor.execute("PRAGMA busy_timeout=2000")
+    finally:
+        cursor.close()
+
+
+def _encode_cursor(finished_at: float, row_id: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps([finished_at, row_id]).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[float, int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        finished_at, row_id = json.loads(raw)
+        return float(finished_at), int(row_id)
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise BadCursor("cursor: not a cursor this service handed out; start again without it") from exc
+
+
+class DeliveryRecord:
+    """The record's table in its database (blocking calls)."""
+
+    def __init__(self, url: str) -> None:
+        """Bind to the database at `url`; nothing is opened before :meth:`open`."""
+        self.engine: Engine = create_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    def open(self) -> None:
+        """Create the table and its indexes when missing."""
+        metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        """Release the connections."""
+        self.engine.dispose()
+
+    def write(self, entries: Sequence[Entry]) -> None:
+        """Insert `entries` in one transaction; RecordUnavailable when the database refuses."""
+        if not entries:
+            return
+        rows = [{k: v for k, v in entry.__dict__.items() if k != "id"} for entry in entries]
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(deliveries), rows)
+        except Exception as exc:
+            raise RecordUnavailable(f"the delivery record cannot be written: {_first_line(exc)}") from exc
+
+    def has_delivery(self, path: str, target: str) -> bool:
+        """True when a `delivered` row of `path` to `target` exists (a crash came after the record)."""
+        t = deliveries
+        query = select(t.c.id).where(t.c.path == path, t.c.target == target, t.c.outcome == "delivered").limit(1)
+        with self.engine.connect() as conn:
+            return conn.execute(query).first() is not None
+
+    def problem(self) -> str | None:
+        """None when the record takes writes (a row inserted and rolled back), else why not."""
+        try:
+            with self.engine.connect() as conn:
+                try:
+                    conn.execute(insert(probe).values(checked_at=time.time()))
+                finally:
+                    conn.rollback()
+        except Exception as exc:  # noqa: BLE001 - any driver error means "cannot be written"
+            return f"the delivery record cannot be written: {_first_line(exc)}"
+        return None
+
+    def history(self, path: str, limit: int = 100) -> list[Entry]:
+        """The records of one inbox-relative path, newest first."""
+        t = deliveries
+        query = select(t).where(t.c.path == path).order_by(t.c.id.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [_entry(row) for row in conn.execute(query)]
+
+    def page(
+        self,
+        *,
+        since: float | None = None,
+        outcome: str | None = None,
+        prefix: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[list[Entry], str | None]:
+        """Records oldest first (by finished_at, then id) after `cursor`, and the cursor of the next page."""
+        t = deliveries
+        where = []
+        if since is not None:
+            # Half a microsecond of slack: the RFC 3339 text a client passes back is rounded to it.
+            where.append(t.c.finished_at >= since - 5e-7)
+        if outcome is not None:
+            where.append(t.c.outcome == outcome)
+        if prefix:
+            # A range on the path, not LIKE: `%` and `_` in a file name are not wildcards.
+            where.append(and_(t.c.path >= prefix, t.c.path < prefix + "\U0010ffff"))
+        if cursor is not None:
+            after_time, after_id = _decode_cursor(cursor)
+            # A row value, not an OR: SQLite and PostgreSQL seek the (finished_at, id) index with it.
+            where.append(tuple_(t.c.finished_at, t.c.id) > tuple_(after_time, after_id))
+        query = select(t).where(*where).order_by(t.c.finished_at, t.c.id).limit(limit + 1)
+        with self.engine.connect() as conn:
+            entries = [_entry(row) for row in conn.execute(query)]
+        if len(entries) <= limit:
+            return entries, None
+        last = entries[limit - 1]
+        return entries[:limit], _encode_cursor(last.finished_at, last.id)
+
+    def latest_failures(self, limit: int = 5) -> list[Entry]:
+        """The newest quarantined files."""
+        t = deliveries
+        query = select(t).where(t.c.outcome == "quarantined").order_by(t.c.finished_at.desc(), t.c.id.desc())
+        with self.engine.connect() as conn:
+            return [_entry(row) for row in conn.execute(query.limit(limit))]
+
+    def purge(self, older_than: float) -> int:
+        """Remove records that finished before `older_than` (Unix time); returns how many."""
+        with self.engine.begin() as conn:
+            return conn.execute(delete(deliveries).where(deliveries.c.finished_at < older_than)).rowcount or 0
+
+
+def _entry(row: Any) -> Entry:
+    return Entry(
+        path=row.path,
+        outcome=row.outcome,
+        target=row.target,
+        size=row.size,
+        sha256=row.sha256,
+        first_seen=row.first_seen,
+        completed_at=row.completed_at,
+        finished_at=row.finished_at,
+        attempts=row.attempts,
+        error=row.error,
+        replica=row.replica,
+        source=row.source,
+        id=row.id,
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def entries_of(rows: Iterable[Entry]) -> list[dict[str, Any]]:
+    """Records as the API answers them."""
+    return [entry.to_json() for entry in rows]

@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-import sys
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
 from watcher import __version__
 from watcher.config import Settings
@@ -30,6 +27,7 @@ from watcher.http.record_api import record_routes
 from watcher.http.server import HttpServer, bind_socket
 from watcher.jobs import JobService
 from watcher.jobs.runtime import RESCAN_JOB_ID
+from watcher.lifecycle import PHASE_CAP, STOP_MARGIN, StopDeadline, run_until_exit
 from watcher.logging import get_logger
 from watcher.metrics import Metrics, create_metrics
 from watcher.pipeline.intake import Intake, Tracked
@@ -38,34 +36,19 @@ from watcher.pipeline.outbox_gate import OutboxGate
 from watcher.pipeline.progress import BacklogProgress
 from watcher.pipeline.supervisor import ObserverSupervisor
 from watcher.pipeline.workers import WorkerPool
-from watcher.record import DeliveryRecord, RecordUnavailable
+from watcher.record import DeliveryRecord
 from watcher.record.explain import Explainer
+from watcher.record.retention import keep_tidy, open_record
 
 log = get_logger(__name__)
 
-STOP_MARGIN = 5.0  # seconds beyond WATCHER_SHUTDOWN_TIMEOUT for everything but the drain
 HTTP_RESERVE = 1.5  # seconds of the deadline kept for closing HTTP after the drain
-RETENTION_EVERY = 3600.0  # seconds between two purges of expired records
-PHASE_CAP = 5.0  # the most one quick phase (scheduler, observer join, probes) may take
 API_READ_ONLY = "read-only: set WATCHER_API_TOKEN to change jobs"
 API_READ_WRITE = "read-write with the bearer token of WATCHER_API_TOKEN"
 
 
 def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-class Deadline:
-    """One deadline for the whole stop; each phase asks what is left of it."""
-
-    def __init__(self, seconds: float) -> None:
-        """Start counting now."""
-        self.at = time.monotonic() + seconds
-
-    def left(self, cap: float | None = None, reserve: float = 0.0) -> float:
-        """Seconds left (never negative), keeping `reserve` for later phases, at most `cap`."""
-        left = max(0.0, self.at - time.monotonic() - reserve)
-        return left if cap is None else min(cap, left)
 
 
 class Service:
@@ -92,7 +75,7 @@ class Service:
             settings, self.metrics, self.gate, self._observer_status, self.jobs.check, self.record.problem
         )
         self._signals = 0
-        self._deadline: Deadline | None = None
+        self.deadline = StopDeadline(settings.shutdown_timeout + STOP_MARGIN)
         self._interrupted = 0
 
     # ---- signals -------------------------------------------------------------------------------
@@ -158,27 +141,13 @@ class Service:
     # ---- life cycle ----------------------------------------------------------------------------
 
     def _left(self, cap: float | None = None, reserve: float = 0.0) -> float:
-        """What is left of the stop deadline (the whole budget if the stop has not begun)."""
-        if self._deadline is None:
-            self._deadline = Deadline(self.settings.shutdown_timeout + STOP_MARGIN)
-        return self._deadline.left(cap, reserve)
+        return self.deadline.left(cap, reserve)
 
     def _begin_stop(self) -> None:
         """The first release of the stack: start the clock, stop taking new work."""
-        self._left()
+        self.deadline.start()
         self.health.stopping = True
         self.intake.stop_accepting()
-
-    async def _bounded(self, what: str, phase: Callable[[], Awaitable[object]], cap: float | None = None) -> None:
-        """Run one phase of the stop within what is left of the deadline (at most `cap` s); a phase
-        that overruns is cancelled and logged, one that fails is logged, and the stop goes on.
-        """
-        try:
-            await asyncio.wait_for(phase(), timeout=max(0.01, self._left(cap)))
-        except TimeoutError:
-            log.warning("service.stop_phase_timeout", phase=what, action="went on without it")
-        except Exception as exc:  # one failed release must not skip the others
-            log.error("service.stop_phase_failed", phase=what, error=str(exc), exc_info=exc)
 
     async def run(self, handle_signals: bool = True) -> int:
         """Run until a signal (or :meth:`request_stop`) asks to stop; return the exit code.
@@ -189,12 +158,15 @@ class Service:
         s = self.settings
         started = time.monotonic()
         loop = asyncio.get_running_loop()
+        bounded = self.deadline.bounded
         async with contextlib.AsyncExitStack() as stack:
             prepare_directories(s)
             await self.jobs.open()  # a bad WATCHER_JOBSTORE_URL stops us before anything starts
-            stack.push_async_callback(self._bounded, "schedule store", self.jobs.close, PHASE_CAP)
-            await self._open_record()
-            stack.push_async_callback(self._bounded, "delivery record", self._close_record, PHASE_CAP)
+            stack.push_async_callback(bounded, "schedule store", self.jobs.close, PHASE_CAP)
+            await open_record(self.record, str(s.state_dir / "record.sqlite"))
+            stack.push_async_callback(
+                bounded, "delivery record", lambda: asyncio.to_thread(self.record.close), PHASE_CAP
+            )
             sock = bind_socket(s.http_host, s.http_port)
             stack.callback(sock.close)  # uvicorn closes it too once serving; twice is harmless
             if handle_signals:
@@ -212,19 +184,17 @@ class Service:
                 limits=Limits(s.http_max_connections, s.http_request_timeout),
             )
             http = HttpServer(app, s)
-            stack.push_async_callback(self._bounded, "http", lambda: http.stop(self._left()))
+            stack.push_async_callback(bounded, "http", lambda: http.stop(self._left()))
             http.start(sock)
 
-            stack.push_async_callback(self._bounded, "outbox gate", self.gate.stop, PHASE_CAP)
-            stack.push_async_callback(self._bounded, "drain", self._drain)
+            stack.push_async_callback(bounded, "outbox gate", self.gate.stop, PHASE_CAP)
+            stack.push_async_callback(bounded, "drain", self._drain)
             self.workers.start()
             self.gate.start()
 
             bridge = EventBridge(loop, max_pending=max(4 * s.queue_size, 65536))
             self.supervisor = supervisor = ObserverSupervisor(s, bridge, self.rescan)
-            stack.push_async_callback(
-                self._bounded, "observer", lambda: supervisor.stop(self._left(PHASE_CAP)), PHASE_CAP
-            )
+            stack.push_async_callback(bounded, "observer", lambda: supervisor.stop(self._left(PHASE_CAP)), PHASE_CAP)
             choice = await supervisor.start()
 
             startup_scan = asyncio.create_task(self._startup_scan(started), name="startup-scan")
@@ -234,7 +204,9 @@ class Service:
                 asyncio.create_task(self.intake.run_settler(self.stop_event), name="settler"),
                 startup_scan,
                 asyncio.create_task(supervisor.run(self.stop_event), name="observer-supervisor"),
-                asyncio.create_task(self._keep_record_tidy(), name="record-retention"),
+                asyncio.create_task(
+                    keep_tidy(self.record, s.record_retention_days, self.stop_event), name="record-retention"
+                ),
                 asyncio.create_task(
                     self.progress.run(
                         self.stop_event,
@@ -245,7 +217,7 @@ class Service:
                     name="backlog-progress",
                 ),
             ]
-            stack.push_async_callback(self._bounded, "intake", lambda: self._cancel_intake(tasks), PHASE_CAP)
+            stack.push_async_callback(bounded, "intake", lambda: self._cancel_intake(tasks), PHASE_CAP)
             log.info(
                 "service.started",
                 inbox=str(s.inbox),
@@ -261,7 +233,7 @@ class Service:
             log.debug("service.settings", observer_reason=choice.reason, settings=s.public_view())
             # After the pipeline, since a job that fell due while we were down may run at once.
             await self.jobs.start()
-            stack.push_async_callback(self._bounded, "scheduler", self.jobs.stop, PHASE_CAP)
+            stack.push_async_callback(bounded, "scheduler", self.jobs.stop, PHASE_CAP)
             stack.callback(self._begin_stop)  # released first: the clock starts with the stop
             self.health.serving = True
             self.started.set()
@@ -280,31 +252,6 @@ class Service:
             next_rescan=lambda: self.jobs.next_run(RESCAN_JOB_ID),
         )
 
-    async def _open_record(self) -> None:
-        try:
-            await asyncio.to_thread(self.record.open)
-        except Exception as exc:
-            raise RecordUnavailable(
-                f"the delivery record {self.settings.state_dir / 'record.sqlite'} cannot be opened: {exc}; "
-                "check that WATCHER_STATE_DIR is writable and has free space"
-            ) from exc
-
-    async def _close_record(self) -> None:
-        await asyncio.to_thread(self.record.close)
-
-    async def _keep_record_tidy(self) -> None:
-        """Remove records older than WATCHER_RECORD_RETENTION_DAYS: at start, then every hour."""
-        days = self.settings.record_retention_days
-        while days > 0 and not self.stop_event.is_set():
-            try:
-                removed = await asyncio.to_thread(self.record.purge, time.time() - days * 86400)
-                if removed:
-                    log.info("record.purged", removed=removed, retention_days=days)
-            except Exception as exc:  # noqa: BLE001 - the next round tries again; readiness reports it
-                log.warning("record.purge_failed", error=str(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), RETENTION_EVERY)
-
     async def _cancel_intake(self, tasks: list[asyncio.Task[None]]) -> None:
         self.stop_event.set()  # the loops that wait on it return (also after a start-up failure)
         for task in tasks:
@@ -322,7 +269,7 @@ class Service:
         log.info(
             "service.stopped",
             uptime_s=round(time.monotonic() - started, 3),
-            stop_s=round(self.settings.shutdown_timeout + STOP_MARGIN - self._left(), 3),
+            stop_s=round(self.deadline.used(), 3),
             interrupted=self._interrupted,
             left_in_queue=self.queue.qsize(),
             **{f"files_{k}": v for k, v in summary.items()},
@@ -330,29 +277,5 @@ class Service:
 
 
 def run_service(settings: Settings) -> int:
-    """``asyncio.run(Service(settings).run())``, except that threads wedged in a syscall (a copy on a
-    dead mount, a store that does not answer) cannot hold the process past the stop deadline.
-
-    asyncio.run() would wait for the default executor's threads without a bound, and the
-    interpreter joins executor threads at exit; so the executor shutdown is bounded, and when such
-    a thread is still alive after the service returned, the process ends with ``os._exit``.
-    """
-    loop = asyncio.new_event_loop()
-    try:
-        code = loop.run_until_complete(Service(settings).run())
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        with contextlib.suppress(TimeoutError):
-            loop.run_until_complete(asyncio.wait_for(loop.shutdown_default_executor(), 1.0))
-    finally:
-        loop.close()
-    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
-    give_up = time.monotonic() + 1.0  # idle executor threads are on their way out: let them go
-    for thread in others:
-        thread.join(max(0.0, give_up - time.monotonic()))
-    stuck = [t.name for t in others if t.is_alive()]
-    if stuck:
-        log.warning("service.threads_left", threads=stuck, action="exiting without waiting for them")
-        with contextlib.suppress(OSError, ValueError):
-            sys.stdout.flush()
-        os._exit(code)
-    return code
+    """Run the service in this process until it stops; the exit code (see :func:`run_until_exit`)."""
+    return run_until_exit(Service(settings).run())

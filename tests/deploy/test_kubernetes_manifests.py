@@ -13,7 +13,7 @@ import pytest
 import yaml
 from kubernetes_validate import utils as kv
 
-from watcher.service import STOP_MARGIN
+from watcher.lifecycle import STOP_MARGIN
 
 pytestmark = pytest.mark.deploy
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from watcher.service import STOP_MARGIN
+from watcher.lifecycle import STOP_MARGIN
 
 pytestmark = pytest.mark.deploy
 

@@ -29,10 +29,11 @@ from tests.support.wait import wait_until
 from watcher import service as service_module
 from watcher.http.server import HttpServer
 from watcher.jobs import JobService
+from watcher.lifecycle import STOP_MARGIN
 from watcher.metrics import create_metrics
 from watcher.pipeline.outbox_gate import OutboxGate
 from watcher.pipeline.supervisor import ObserverSupervisor
-from watcher.service import STOP_MARGIN, Service
+from watcher.service import Service
 
 
 class Injected(RuntimeError):

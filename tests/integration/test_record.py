@@ -215,7 +215,8 @@ def test_a_record_that_cannot_be_written_pauses_delivery_and_keeps_the_source(tm
         async with running(settings) as service, api(settings) as client:
             (settings.inbox / "first.txt").write_bytes(b"1")
             await delivered(settings, 1)
-            locker = sqlite3.connect(settings.state_dir / "record.sqlite", isolation_level=None, timeout=0)
+            # timeout: the service's own readiness probe may hold the write lock for a moment.
+            locker = sqlite3.connect(settings.state_dir / "record.sqlite", isolation_level=None, timeout=10)
             try:
                 locker.execute("BEGIN EXCLUSIVE")  # another writer holds the database: every write waits, then fails
                 (settings.inbox / "second.txt").write_bytes(b"2")
@@ -225,7 +226,8 @@ def test_a_record_that_cannot_be_written_pauses_delivery_and_keeps_the_source(tm
                 assert "delivery record" in ready.json()["checks"]["delivery"]["detail"]
                 assert (settings.inbox / "second.txt").exists(), "a source went before its record"
             finally:
-                locker.execute("ROLLBACK")
+                if locker.in_transaction:
+                    locker.execute("ROLLBACK")
                 locker.close()
             await await_until(lambda: not (settings.inbox / "second.txt").exists(), 20, "delivery to resume")
             assert (settings.outbox / "second.txt").read_bytes() == b"2"

@@ -32,7 +32,9 @@ SUBJECT_KEYS = {
     "inotifywait": subjects.INOTIFYWAIT,
     "watcher-info": subjects.WATCHER_INFO,
     "cp-sync": subjects.CP_SYNC,
+    "watcher-base": subjects.WATCHER_BASE,  # only with --base-commit
 }
+DEFAULT_SUBJECTS = [k for k in SUBJECT_KEYS if k != "watcher-base"]
 INFO_WORKLOADS = frozenset({"trickle", "burst"})  # the log-level-info variant runs only where it matters
 
 
@@ -63,8 +65,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--subjects",
-        default=",".join(SUBJECT_KEYS),
-        help="comma-separated subset of: " + ", ".join(SUBJECT_KEYS),
+        default=",".join(DEFAULT_SUBJECTS),
+        help="comma-separated subset of: " + ", ".join(SUBJECT_KEYS) + " (default: all but watcher-base)",
+    )
+    p.add_argument(
+        "--base-commit",
+        metavar="REV",
+        help="also run `watcher-base`: the watcher package of commit REV (git archive into a snapshot folder, "
+        "with this venv's dependencies), interleaved with the other subjects; the report adds the ratios "
+        "watcher / watcher-base (e.g. --base-commit 8f72ade, the commit before the delivery record)",
     )
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for latest.md/json/png (default bench/results)")
     p.add_argument("--keep", action="store_true", help="keep each run's folders under bench/.work")
@@ -74,7 +83,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_false",
         help="run the service from the working tree instead of a copy of watcher/ taken at start",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    keys = [k for k in args.subjects.split(",") if k]
+    if unknown := [k for k in keys if k not in SUBJECT_KEYS]:
+        p.error(f"unknown subject(s): {', '.join(unknown)}")
+    if "watcher-base" in keys and not args.base_commit:
+        p.error("subject watcher-base needs --base-commit REV")
+    if args.base_commit and "watcher-base" not in keys:
+        keys.append("watcher-base")
+    args.subjects = ",".join(keys)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,16 +105,40 @@ def main(argv: list[str] | None = None) -> int:
         cfg = replace(cfg, reps=args.reps)
     workloads = [w for w in WORKLOADS if w.key in args.workloads.split(",")]
     chosen = [SUBJECT_KEYS[k] for k in args.subjects.split(",") if k]
+    base = subjects.WATCHER_BASE
     snapshot: Path | None = None
-    if args.snapshot and any(s.kind == "watcher" for s in chosen):
-        harness.WORK_ROOT.mkdir(parents=True, exist_ok=True)
-        snapshot = subjects.snapshot_watcher(Path(tempfile.mkdtemp(prefix="snapshot-", dir=harness.WORK_ROOT)))
-        chosen = [replace(s, root=snapshot) if s.kind == "watcher" else s for s in chosen]
+    base_snapshot: Path | None = None
+    base_name: str | None = None
     try:
-        return _run(args, cfg, workloads, chosen, snapshot)
+        if base in chosen:
+            try:
+                commit, title = subjects.resolve_commit(args.base_commit)
+            except ValueError as exc:
+                log.error("--base-commit: %s", exc)
+                return 2
+            harness.WORK_ROOT.mkdir(parents=True, exist_ok=True)
+            base_snapshot = subjects.snapshot_commit(
+                commit, Path(tempfile.mkdtemp(prefix="snapshot-base-", dir=harness.WORK_ROOT))
+            )
+            base_name = f"watcher @{commit[:7]}"
+            base_as_run = replace(
+                base,
+                name=base_name,
+                root=base_snapshot,
+                description=f"`python -m watcher run` (fsync on) from `git archive {commit[:7]}` ({title[:80]})",
+            )
+            chosen = [base_as_run if s is base else s for s in chosen]
+        if args.snapshot and any(s.kind == "watcher" and s.root == subjects.REPO for s in chosen):
+            harness.WORK_ROOT.mkdir(parents=True, exist_ok=True)
+            snapshot = subjects.snapshot_watcher(Path(tempfile.mkdtemp(prefix="snapshot-", dir=harness.WORK_ROOT)))
+            chosen = [
+                replace(s, root=snapshot) if s.kind == "watcher" and s.root == subjects.REPO else s for s in chosen
+            ]
+        return _run(args, cfg, workloads, chosen, snapshot, base_name)
     finally:
-        if snapshot is not None:
-            shutil.rmtree(snapshot, ignore_errors=True)
+        for folder in (snapshot, base_snapshot):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def _run(
@@ -105,6 +147,7 @@ def _run(
     workloads: list[Workload],
     chosen: list[subjects.Subject],
     snapshot: Path | None,
+    base_name: str | None = None,
 ) -> int:
     unavailable = {s.name: reason for s in chosen if (reason := s.available())}
     for name, reason in unavailable.items():
@@ -166,7 +209,12 @@ def _run(
     )
     mode = "smoke" if args.smoke else "full"
     notes = {s.name: s.description for s in chosen}
-    md = report.markdown(summaries, targets, machine, cfg, mode, duration, notes)
+    compared: list[dict[str, object]] = []
+    extra: list[str] = []
+    if base_name is not None:
+        machine["watcher_base_source"] = f"git archive of {base_name.removeprefix('watcher @')}"
+        extra, compared = report.comparison(runs, subjects.WATCHER.name, base_name, [w.key for w in workloads])
+    md = report.markdown(summaries, targets, machine, cfg, mode, duration, notes, extra)
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.md").write_text(md)
@@ -180,6 +228,7 @@ def _run(
             "subjects": notes,
             "summary": [s.as_dict() for s in summaries],
             "targets": [t.as_dict() for t in targets],
+            "comparison": compared,
             "runs": [r.as_dict() for rs in runs.values() for r in rs],
         },
     )

@@ -14,7 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -350,6 +350,7 @@ def markdown(
     mode: str,
     duration_s: float,
     subject_notes: dict[str, str],
+    extra: Sequence[str] = (),
 ) -> str:
     """The whole report as markdown."""
     by_workload = {w.key: describe(w, cfg) for w in WORKLOADS}
@@ -388,8 +389,56 @@ def markdown(
     met = sum(t.met is True for t in targets)
     missed = sum(t.met is False for t in targets)
     na = sum(t.met is None for t in targets)
-    lines += ["", f"{met} met, {missed} missed, {na} not evaluated.", ""]
+    lines += ["", f"{met} met, {missed} missed, {na} not evaluated.", "", *extra]
     return "\n".join(lines)
+
+
+COMPARED = (("files_per_s", "files/s"), ("cpu_s", "CPU s"), ("lat_p50_ms", "p50 ms"), ("peak_rss_mib", "peak RSS MiB"))
+
+
+def comparison(
+    runs: Mapping[tuple[str, str], Sequence[RunResult]], subject: str, base: str, workloads: Sequence[str]
+) -> tuple[list[str], list[dict[str, object]]]:
+    """Markdown lines and JSON rows comparing ``subject`` with ``base`` (another commit) per workload.
+
+    For each measure: both medians, their ratio ``subject / base``, and the range of the per-repetition
+    ratios (repetition i of one against repetition i of the other: they ran next to each other, so the
+    spread of these says how much the machine moved during the run).
+    """
+    rows: list[list[str]] = []
+    out: list[dict[str, object]] = []
+    for wl in workloads:
+        mine, theirs = runs.get((subject, wl), []), runs.get((base, wl), [])
+        if not mine or not theirs:
+            continue
+        for key, label in COMPARED:
+            a = [v for r in mine if (v := getattr(r, key)) is not None]
+            b = [v for r in theirs if (v := getattr(r, key)) is not None]
+            if not a or not b:
+                continue
+            ma, mb = statistics.median(a), statistics.median(b)
+            ratio = ma / mb if mb else None
+            paired = [
+                x / y
+                for r, q in zip(mine, theirs, strict=False)
+                if (x := getattr(r, key)) is not None and (y := getattr(q, key))
+            ]
+            spread = f"{min(paired):.3f} .. {max(paired):.3f}" if paired else "-"
+            rows.append([wl, label, fmt(ma), fmt(mb), f"{ratio:.3f}" if ratio is not None else "-", spread])
+            out.append(
+                {
+                    "workload": wl,
+                    "measure": key,
+                    subject: ma,
+                    base: mb,
+                    "ratio": ratio,
+                    "paired_ratios": paired,
+                    "values": {subject: a, base: b},
+                }
+            )
+    lines = [f"## {subject} / {base} (medians, one run, interleaved)", ""]
+    lines += _table(["workload", "measure", subject, base, "ratio", "per-rep ratios min .. max"], rows)
+    return [*lines, ""], out
 
 
 def write_json(path: Path, payload: dict[str, object]) -> None:

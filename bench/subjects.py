@@ -248,7 +248,11 @@ INOTIFYWAIT = Subject(
     "inotifywait", "inotifywait", can_backlog=False, description="`inotifywait -m | while read; do mv` loop"
 )
 CP_SYNC = Subject("cp+sync", "cp+sync", can_backlog=False, description="`cp FILE OUTBOX && sync` (big, other fs only)")
-ALL = (WATCHER, LIMIT, INOTIFYWAIT, WATCHER_INFO, CP_SYNC)
+# Another commit of the service in the same run (`--base-commit REV`); cli.py gives it its name and root.
+WATCHER_BASE = Subject(
+    "watcher-base", "watcher", can_backlog=True, description="`python -m watcher run` at --base-commit"
+)
+ALL = (WATCHER, LIMIT, INOTIFYWAIT, WATCHER_INFO, CP_SYNC, WATCHER_BASE)
 
 
 def snapshot_watcher(dest: Path) -> Path:
@@ -258,4 +262,31 @@ def snapshot_watcher(dest: Path) -> Path:
     the working tree changes while it runs.
     """
     shutil.copytree(REPO / "watcher", dest / "watcher", ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def resolve_commit(rev: str) -> tuple[str, str]:
+    """The full hash and subject line of ``rev`` in the repository; ValueError if it is not a commit."""
+    done = subprocess.run(
+        ["git", "-C", str(REPO), "log", "-1", "--format=%H%n%s", f"{rev}^{{commit}}", "--"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    lines = done.stdout.splitlines()
+    if done.returncode != 0 or not lines:
+        raise ValueError(f"not a commit: {rev!r}: {done.stderr.strip()}")
+    return lines[0], lines[1] if len(lines) > 1 else ""
+
+
+def snapshot_commit(commit: str, dest: Path) -> Path:
+    """Extract the ``watcher`` package as it is at ``commit`` (``git archive``) into ``dest``; return ``dest``.
+
+    Like :func:`snapshot_watcher` for the working tree: the service is run from there with ``dest`` first
+    on ``PYTHONPATH``, with the dependencies installed in this venv.
+    """
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", commit, "watcher"], capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
     return dest

@@ -124,8 +124,9 @@ def test_a_killed_replica_s_claims_are_finished_by_another(replica: Replicas, sh
     for rel, data in claimed.items():
         (claims / rel).parent.mkdir(parents=True, exist_ok=True)
         (claims / rel).write_bytes(data)
-    expected = {**claimed, **_write_files(shared / "inbox", 100)}
-    a.kill()
+    expected = {**claimed, **_write_files(shared / "inbox", 300)}
+    wait_until(lambda: len(_files_under(shared / "outbox")) >= 20, 20, "delivery under way")
+    a.kill()  # in the middle of the burst: whatever it had claimed is left in its claims folder
     killed = time.monotonic()
     wait_until(lambda: _all_delivered(shared, expected), 60, "the dead replica's claims done by another")
     assert time.monotonic() - killed < 60
@@ -170,3 +171,29 @@ def test_a_new_leader_takes_over_within_30_s(replica: Replicas, shared: Path) ->
     starts = [datetime.fromisoformat(t).timestamp() for t in runs]
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert min(gaps) > 0.5, gaps
+
+
+def test_a_replica_that_loses_its_lock_fails_readiness_and_stops_leading(replica: Replicas, database: str) -> None:
+    import psycopg
+
+    from watcher.cluster.membership import lock_key
+
+    a = replica("a").start("ready")
+    wait_until(lambda: _cluster(a)["leader"] == "a", 10, "a leads")
+    b = replica("b").start("ready")
+    with psycopg.connect(database, autocommit=True) as conn:
+        # Break a's session, and hold its id so that it cannot take it back yet.
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'watcher a'")
+        assert conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_key("a"),)).fetchone() == (True,)
+
+        def a_failing() -> bool:
+            r = a.http.get("/health/ready")
+            return r.status_code == 503 and not r.json()["checks"]["cluster"]["ok"]
+
+        wait_until(a_failing, 10, "a's readiness check cluster failing")
+        assert "watcher_cluster_leader 0.0" in a.http.get("/metrics").text
+        wait_until(lambda: _cluster(b)["leader"] == "b", 10, "b leads")
+        conn.execute("SELECT pg_advisory_unlock(%s)", (lock_key("a"),))
+    a.wait_until_up("ready", 10)
+    assert [r["id"] for r in _cluster(a)["replicas"]] == ["a", "b"]
+    assert _cluster(a)["leader"] == "b"

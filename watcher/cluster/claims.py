@@ -89,24 +89,55 @@ def claim(inbox: Path, root: Path, rel: str) -> bool:
         os.close(folder)
 
 
+def _make_folder_beneath(base: Path, parts: list[str]) -> int:
+    """An fd of ``base/parts…``, made where missing, following no symlink below `base`."""
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts:
+            if part in ("", ".", ".."):
+                raise OSError(errno.EINVAL, f"bad path segment {part!r}")
+            try:
+                os.mkdir(part, dir_fd=fd)
+            except FileExistsError:
+                pass
+            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def hand_back(root: Path, inbox: Path, rel: str) -> bool:
     """Put the claim ``root/rel`` back at ``inbox/rel`` (link, then unlink); True when it is done.
 
-    False when the inbox holds another file under that name (a producer wrote it meanwhile): the
-    claim stays, to be delivered from where it is.
+    False when the inbox holds another file under that name (a producer wrote it meanwhile), or a
+    folder on the way is a symlink (never followed): the claim stays, to be delivered from where it is.
     """
-    src, dst = root / rel, inbox / rel
+    src = root / rel
+    parts = rel.split("/")
     try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        os.link(src, dst, follow_symlinks=False)
-    except FileNotFoundError:
-        return not os.path.lexists(src)  # already moved on by someone else
-    except FileExistsError:
+        folder = _make_folder_beneath(inbox, parts[:-1])
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            return False
+        raise
+    try:
         try:
-            if not os.path.samefile(src, dst):
-                return False
+            os.link(src, parts[-1], dst_dir_fd=folder, follow_symlinks=False)
         except FileNotFoundError:
-            return True
+            return not os.path.lexists(src)  # already moved on by someone else
+        except FileExistsError:
+            try:
+                there = os.lstat(parts[-1], dir_fd=folder)
+                mine = os.lstat(src)
+            except FileNotFoundError:
+                return not os.path.lexists(src)
+            if (there.st_dev, there.st_ino) != (mine.st_dev, mine.st_ino):
+                return False
+    finally:
+        os.close(folder)
     try:
         os.unlink(src)
     except FileNotFoundError:

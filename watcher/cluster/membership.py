@@ -200,9 +200,10 @@ class Membership:
 
     def _lost(self, exc: BaseException) -> None:
         self._set_leader(False)  # first: a replica that may have lost its lock never runs the schedule
+        why = next(iter(str(exc).strip().splitlines()), "") or type(exc).__name__
         if self.ok:
-            log.error("cluster.lock_lost", replica=self.replica, error=str(exc).strip().splitlines()[0:1])
-        self.ok, self.detail = False, f"lost the replica id lock: {str(exc).strip() or type(exc).__name__}"
+            log.error("cluster.lock_lost", replica=self.replica, error=why, action="reconnecting every 2 s")
+        self.ok, self.detail = False, f"lost the replica id lock: {why}"
         conn, self._conn = self._conn, None
         if conn is not None:
             asyncio.get_running_loop().create_task(_close_quietly(conn))

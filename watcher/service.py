@@ -273,6 +273,8 @@ class Service:
             )
             log.debug("service.settings", observer_reason=choice.reason, settings=s.public_view())
             # After the pipeline, since a job that fell due while we were down may run at once.
+            if membership is not None:  # released right after the scheduler stops
+                stack.push_async_callback(bounded, "leadership", membership.step_down, PHASE_CAP)
             await self.jobs.start()
             stack.push_async_callback(bounded, "scheduler", self.jobs.stop, PHASE_CAP)
             stack.callback(self._begin_stop)  # released first: the clock starts with the stop

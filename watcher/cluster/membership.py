@@ -96,6 +96,7 @@ class Membership:
         self.ok = False
         self.detail = "not started"
         self._last_adopt = 0.0
+        self._stepped_down = False  # stopping: never lead again in this process
 
     # ---- the dedicated connection --------------------------------------------------------------
 
@@ -157,6 +158,15 @@ class Membership:
             (self.replica, self.key, time.time()),
         )
 
+    async def step_down(self) -> None:
+        """Stopping (after the scheduler stopped): let another replica lead now, not after the drain."""
+        self._stepped_down = True
+        if not self.leader:
+            return
+        self._set_leader(False)
+        with contextlib.suppress(psycopg.Error, OSError, TimeoutError):
+            await self._query("SELECT pg_advisory_unlock(%s)", (LEADER_KEY,))
+
     async def close(self) -> None:
         """Give up leading and close the connection (the server frees both locks)."""
         self._set_leader(False)
@@ -183,7 +193,7 @@ class Membership:
             held = await self._held()
             if self.key not in held:
                 raise psycopg.OperationalError("the replica id lock is no longer held")
-            leader = LEADER_KEY in held or await self._try_lock(LEADER_KEY)
+            leader = LEADER_KEY in held or (not self._stepped_down and await self._try_lock(LEADER_KEY))
             self.ok, self.detail = True, f"holds replica id {self.replica}" + (", leader" if leader else "")
             self._set_leader(leader)
         except (psycopg.Error, OSError, TimeoutError) as exc:

@@ -140,8 +140,16 @@ def test_a_killed_replica_s_claims_are_finished_by_another(replica: Replicas, sh
     assert b.terminate() == 0
 
 
-def test_the_same_replica_id_twice_exits_2(replica: Replicas) -> None:
+def test_the_same_replica_id_twice_exits_2(replica: Replicas, shared: Path) -> None:
+    # Claims of this id's previous run (it was killed): finished first when it starts again.
+    claims = shared / "inbox" / ".watcher" / "same" / "claims"
+    (claims / "deep").mkdir(parents=True)
+    left = {"deep/left.dat": b"left behind", "top.dat": b"top"}
+    for rel, data in left.items():
+        (claims / rel).write_bytes(data)
     first = replica("same").start("ready")
+    wait_until(lambda: _all_delivered(shared, left), 15, "the previous run's claims delivered")
+    _assert_exactly_once(shared, left)
     second = replica("same")
     second.start(wait=None)
     assert second.proc is not None
@@ -195,10 +203,41 @@ def test_a_replica_that_loses_its_lock_fails_readiness_and_stops_leading(replica
             r = a.http.get("/health/ready")
             return r.status_code == 503 and not r.json()["checks"]["cluster"]["ok"]
 
-        wait_until(a_failing, 10, "a's readiness check cluster failing")
+        wait_until(a_failing, 20, "a's readiness check cluster failing")
         assert "watcher_cluster_leader 0.0" in a.http.get("/metrics").text
-        wait_until(lambda: _cluster(b)["leader"] == "b", 10, "b leads")
+        wait_until(lambda: _cluster(b)["leader"] == "b", 20, "b leads")
         conn.execute("SELECT pg_advisory_unlock(%s)", (lock_key("a"),))
-    a.wait_until_up("ready", 10)
+    a.wait_until_up("ready", 20)
     assert [r["id"] for r in _cluster(a)["replicas"]] == ["a", "b"]
     assert _cluster(a)["leader"] == "b"
+
+
+@pytest.mark.soak
+def test_a_paused_replica_whose_lock_is_broken_still_delivers_once(
+    replica: Replicas, shared: Path, database: str
+) -> None:
+    """SIGSTOP of a replica holding claims, its session terminated: another adopts them; then SIGCONT."""
+    import signal
+
+    import psycopg
+
+    a, b = replica("a").start("ready"), replica("b").start("ready")
+    claims = shared / "inbox" / ".watcher" / "a" / "claims"
+    claimed = {f"z/c-{i}.dat": os.urandom(200 + i) for i in range(20)}
+    for rel, data in claimed.items():
+        (claims / rel).parent.mkdir(parents=True, exist_ok=True)
+        (claims / rel).write_bytes(data)
+    expected = {**claimed, **_write_files(shared / "inbox", 300)}
+    wait_until(lambda: len(_files_under(shared / "outbox")) >= 20, 20, "delivery under way")
+    assert a.proc is not None
+    a.proc.send_signal(signal.SIGSTOP)
+    try:
+        with psycopg.connect(database, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'watcher a'")
+        wait_until(lambda: not _files_under(claims), 30, "a's claims adopted by b")
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+    wait_until(lambda: _all_delivered(shared, expected), 60, "every file delivered")
+    a.wait_until_up("ready", 30)  # it took its id back
+    _assert_exactly_once(shared, expected)
+    assert [r["id"] for r in _cluster(b)["replicas"]] == ["a", "b"]

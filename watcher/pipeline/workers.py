@@ -185,17 +185,32 @@ class WorkerPool:
         assert claims is not None
         todo = [item for item in batch if not item.claimed]
 
-        def claim_all() -> list[bool]:
-            return [claim(inbox, claims, item.rel) for item in todo]
+        def claim_all() -> list[bool | OSError]:
+            won: list[bool | OSError] = []
+            for item in todo:
+                try:
+                    won.append(claim(inbox, claims, item.rel))
+                except OSError as exc:  # the claims folder cannot be written: an attempt of this file
+                    won.append(exc)
+            return won
 
+        failed: dict[int, OSError] = {}
+        started = time.monotonic()
         if todo:
             won = await asyncio.get_running_loop().run_in_executor(self._executor, claim_all)
             for item, ours in zip(todo, won, strict=True):
-                item.claimed = ours
+                if isinstance(ours, OSError):
+                    failed[id(item)] = ours
+                else:
+                    item.claimed = ours
         mine: list[Tracked] = []
         for item in batch:
             if item.claimed:
                 mine.append(item)
+            elif id(item) in failed:
+                await self._failed_attempt(item, failed[id(item)], started)
+                if item.state != "retrying":
+                    self.intake.finish(item)
             else:
                 log.debug("file.ignored", path=item.rel, outcome="vanished", reason="claimed by another replica")
                 self.summary["vanished"] += 1

@@ -72,11 +72,11 @@ def _cluster(w: WatcherProcess) -> dict[str, Any]:
     return body
 
 
-def _all_records(w: WatcherProcess) -> list[dict[str, Any]]:
+def _all_records(w: WatcherProcess, limit: int = 1000, prefix: str = "") -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     cursor: str | None = None
     while True:
-        params = {"limit": "1000", **({"cursor": cursor} if cursor else {})}
+        params = {"limit": str(limit), "prefix": prefix, **({"cursor": cursor} if cursor else {})}
         body = w.http.get("/deliveries", params=params, headers=w.http.auth_header).json()
         items += body["items"]
         cursor = body["next"]
@@ -99,6 +99,10 @@ def test_three_replicas_deliver_each_file_exactly_once(replica: Replicas, shared
     assert sorted(r["path"] for r in records) == sorted(expected)
     assert {r["outcome"] for r in records} == {"delivered"}
     assert {r["replica"] for r in records} <= {"r1", "r2", "r3"}
+    # The record's SQL on PostgreSQL: pages by cursor (row-value comparison) and a path prefix.
+    assert [r["id"] for r in _all_records(replicas[1], limit=70)] == [r["id"] for r in records]
+    in_f1 = sorted(r["path"] for r in _all_records(replicas[1], limit=50, prefix="f1/"))
+    assert in_f1 == sorted(rel for rel in expected if rel.startswith("f1/")) and in_f1
     answer = replicas[2].http.get(f"/files/{records[0]['path']}", headers=replicas[2].http.auth_header)
     assert answer.json()["state"] == "delivered"
 

@@ -293,6 +293,7 @@ class Service:
             path_filter=self.intake.filter,
             record=self.record,
             next_rescan=lambda: self.jobs.next_run(RESCAN_JOB_ID),
+            replica=self.settings.replica_id if self.settings.cluster else None,
         )
 
     async def _cancel_intake(self, tasks: list[asyncio.Task[None]]) -> None:

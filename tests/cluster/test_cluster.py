@@ -133,6 +133,9 @@ def test_a_killed_replica_s_claims_are_finished_by_another(replica: Replicas, sh
     for rel, data in claimed.items():
         (claims / rel).parent.mkdir(parents=True, exist_ok=True)
         (claims / rel).write_bytes(data)
+    answer = b.http.get("/files/sub/c-0.dat", headers=b.http.auth_header).json()
+    assert (answer["state"], answer["records"]) == ("transferring", []), answer
+    assert "claimed by replica a" in answer["detail"]
     expected = {**claimed, **_write_files(shared / "inbox", 300)}
     wait_until(lambda: len(_files_under(shared / "outbox")) >= 20, 20, "delivery under way")
     a.kill()  # in the middle of the burst: whatever it had claimed is left in its claims folder

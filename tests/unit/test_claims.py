@@ -5,7 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from watcher.cluster.claims import claim, claimed, claims_root, hand_back, hand_back_all, is_reserved
+from watcher.cluster.claims import (
+    claim,
+    claimed,
+    claimed_by,
+    claims_root,
+    hand_back,
+    hand_back_all,
+    is_reserved,
+)
 from watcher.pipeline.filters import PathFilter
 
 
@@ -19,6 +27,7 @@ def test_the_first_claim_wins_and_the_second_moves_on(tmp_path: Path) -> None:
     assert (mine / "a" / "x.csv").read_bytes() == b"data"
     assert claim(inbox, mine, "a/x.csv"), "a claim of ours stays ours (a retry)"
     assert list(claimed(mine)) == ["a/x.csv"]
+    assert claimed_by(inbox, "a/x.csv") == "r1" and claimed_by(inbox, "a/y.csv") is None
 
 
 def test_symlinks_are_never_claimed_nor_followed(tmp_path: Path) -> None:

@@ -195,6 +195,24 @@ def prune_empty(root: Path, older_than: float) -> None:
             continue
 
 
+def claimed_by(inbox: Path, rel: str) -> str | None:
+    """The replica whose claims folder holds `rel` (a regular file, no symlink followed), or None."""
+    parts = rel.split("/")
+    for replica in replicas_with_claims(inbox):
+        try:
+            folder = _open_folder_beneath(claims_root(inbox, replica), parts[:-1])
+        except OSError:
+            continue
+        try:
+            if stat.S_ISREG(os.lstat(parts[-1], dir_fd=folder).st_mode):
+                return replica
+        except OSError:
+            continue
+        finally:
+            os.close(folder)
+    return None
+
+
 def replicas_with_claims(inbox: Path) -> list[str]:
     """The replica ids that have a folder under ``<inbox>/.watcher/``."""
     try:

@@ -191,7 +191,10 @@ class Service:
             prepare_directories(s)
             membership = self.membership
             if membership is not None:
-                # First: a replica id that a live replica holds stops us (exit 2) before anything runs.
+                from watcher.cluster.preflight import check_filesystem
+
+                await asyncio.to_thread(check_filesystem, s)  # atomic rename and link(), or exit 2
+                # Then: a replica id that a live replica holds stops us (exit 2) before anything runs.
                 await membership.start()
                 stack.push_async_callback(bounded, "cluster", membership.close, PHASE_CAP)
                 await membership.finish_own_claims()  # back into the inbox: the start-up scan takes them

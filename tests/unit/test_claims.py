@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from watcher.cluster.claims import (
     claim,
     claimed,
@@ -14,6 +16,8 @@ from watcher.cluster.claims import (
     hand_back_all,
     is_reserved,
 )
+from watcher.cluster.preflight import check_filesystem
+from watcher.config import ConfigError, load_settings
 from watcher.pipeline.filters import PathFilter
 
 
@@ -69,3 +73,21 @@ def test_the_reserved_folder_is_never_a_file_to_deliver() -> None:
     assert not everything.accepts(".watcher/r1/claims/a.csv")
     assert not everything.accepts_dir(".watcher")
     assert everything.accepts(".watcherx/a.csv")
+
+
+def test_cluster_mode_refuses_a_filesystem_whose_rename_is_a_copy(tmp_path: Path) -> None:
+    env = {
+        "WATCHER_INBOX": str(tmp_path / "in"),
+        "WATCHER_OUTBOX": str(tmp_path / "out"),
+        "WATCHER_STATE_DIR": str(tmp_path / "state"),
+        "WATCHER_CLUSTER": "true",
+        "WATCHER_JOBSTORE_URL": "postgresql://watcher@db/watcher",
+    }
+    settings = load_settings(environ=env)
+    for folder in (settings.inbox, settings.outbox, settings.failed_path):
+        folder.mkdir(parents=True)
+    check_filesystem(settings)  # a local filesystem: rename is atomic, link() works
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()], "the link() probe leaves nothing behind"
+    blob = {settings.outbox: "fuse.s3fs"}
+    with pytest.raises(ConfigError, match=r"WATCHER_OUTBOX=.*fuse\.s3fs renames by copy"):
+        check_filesystem(settings, fs_type=lambda p: blob.get(p, "ext4"))

@@ -1,9 +1,11 @@
 """The delivery record: one row per file that left the inbox (SQLAlchemy Core; SQLite in the state dir).
 
-Rows are written by the transfer thread in one transaction per batch, after the batch's group commit
-made the deliveries durable and before any source is removed, so a record survives SIGKILL once its
-source is gone. SQLite runs in WAL mode with ``synchronous=FULL``: a commit is on disk when it
-returns. Every method blocks; the service calls them from worker threads.
+Rows are written by the transfer thread in one transaction per batch, once the batch's files are
+placed and before the flush that makes them durable (one syncfs for links and rows alike when the
+record shares the outbox's filesystem), and before any source is removed, so a record survives SIGKILL once its
+source is gone. SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit is in the WAL when it
+returns, and the batch's flush makes it durable together with the links (see :meth:`flush`). Every
+method blocks; the service calls them from worker threads.
 
 Only what the contract asks is kept: paths, sizes, times, outcomes, the error text and (with
 WATCHER_CHECKSUM=sha256) the digest. Never any file content.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -131,7 +134,10 @@ def _sqlite_pragmas(conn: DBAPIConnection, _: ConnectionPoolEntry) -> None:
     cursor = conn.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")  # in WAL mode NORMAL would not flush at commit
+        # No flush at commit: a batch's rows are made durable together with its links (the outbox's
+        # syncfs when the record shares its filesystem, else DeliveryRecord.flush). A commit is in
+        # the WAL at once, so a SIGKILL never loses it.
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=2000")
     finally:
         cursor.close()
@@ -156,12 +162,34 @@ class DeliveryRecord:
     def __init__(self, url: str) -> None:
         """Bind to the database at `url`; nothing is opened before :meth:`open`."""
         self.engine: Engine = create_engine(url)
+        self._file: str | None = None  # the SQLite file (None for a server database)
+        self.dev: int | None = None  # the device of its folder, once open
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            self._file = self.engine.url.database
 
     def open(self) -> None:
         """Create the table and its indexes when missing."""
         metadata.create_all(self.engine)
+        if self._file:
+            self.dev = os.stat(os.path.dirname(os.path.abspath(self._file))).st_dev
+
+    def flush(self, synced_devs: set[int]) -> None:
+        """Make committed rows durable: nothing to do when a syncfs of the record's filesystem just
+        ran (`synced_devs`) or for a server database; else one fsync of the SQLite WAL.
+        """
+        if not self._file or self.dev in synced_devs:
+            return
+        try:
+            fd = os.open(self._file + "-wal", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = os.open(self._file, os.O_RDONLY | os.O_CLOEXEC)  # checkpointed meanwhile: the rows are there
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise RecordUnavailable(f"the delivery record cannot be flushed: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         """Release the connections."""

@@ -17,8 +17,9 @@ import base64
 import binascii
 import json
 import os
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -160,6 +161,58 @@ def _decode_cursor(cursor: str) -> tuple[float, int]:
         raise BadCursor("cursor: not a cursor this service handed out; start again without it") from exc
 
 
+class _Waiter:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
+class GroupCommit:
+    """Commits the rows of batches that arrive together in one transaction (blocking; thread-safe).
+
+    The first thread to arrive writes everything waiting, its own rows included, while later ones
+    wait for that commit; whoever finds rows waiting after a commit writes them next. A commit costs
+    about 0.1 ms whatever it holds, so the workers' concurrent batches share one instead of queueing
+    one each. A failure is every waiting batch's failure.
+    """
+
+    def __init__(self, write: Callable[[list[tuple[Any, ...]]], None]) -> None:
+        """`write` commits a list of rows in one transaction."""
+        self._write = write
+        self._lock = threading.Lock()
+        self._waiting: list[tuple[list[tuple[Any, ...]], _Waiter]] = []
+        self._writing = False
+
+    def submit(self, rows: list[tuple[Any, ...]]) -> None:
+        """Return once `rows` are committed; raise the commit's error."""
+        mine = _Waiter()
+        with self._lock:
+            self._waiting.append((rows, mine))
+            lead = not self._writing
+            self._writing = True
+        if lead:
+            self._write_while_waiting()
+        mine.done.wait()
+        if mine.error is not None:
+            raise mine.error
+
+    def _write_while_waiting(self) -> None:
+        while True:
+            with self._lock:
+                batch, self._waiting = self._waiting, []
+                if not batch:
+                    self._writing = False
+                    return
+            error: BaseException | None = None
+            try:
+                self._write([row for rows, _ in batch for row in rows])
+            except BaseException as exc:  # noqa: BLE001 - handed to every waiting batch
+                error = exc
+            for _, waiter in batch:
+                waiter.error = error
+                waiter.done.set()
+
+
 class DeliveryRecord:
     """The record's table in its database (blocking calls)."""
 
@@ -167,6 +220,7 @@ class DeliveryRecord:
         """Bind to the database at `url`; nothing is opened before :meth:`open`."""
         self.engine: Engine = create_engine(url)
         self._file: str | None = None  # the SQLite file (None for a server database)
+        self._group = GroupCommit(self._write_sqlite)
         self.dev: int | None = None  # the device of its folder, once open
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -205,7 +259,7 @@ class DeliveryRecord:
             return
         try:
             if self._file:
-                self._write_sqlite(entries)
+                self._group.submit([tuple(getattr(entry, column) for column in COLUMNS) for entry in entries])
             else:
                 rows = [{column: getattr(entry, column) for column in COLUMNS} for entry in entries]
                 with self.engine.begin() as conn:
@@ -213,15 +267,13 @@ class DeliveryRecord:
         except Exception as exc:
             raise RecordUnavailable(f"the delivery record cannot be written: {_first_line(exc)}") from exc
 
-    def _write_sqlite(self, entries: Sequence[Entry]) -> None:
+    def _write_sqlite(self, rows: list[tuple[Any, ...]]) -> None:
         # The hot path of every batch: one executemany on the driver's connection. Measured for 2,000
         # rows: 29 ms in batches of 64 and 350 ms one by one, against 80 ms and 977 ms through Core.
         conn = self.engine.raw_connection()
         try:
             cursor = conn.cursor()
-            cursor.executemany(
-                _INSERT_SQLITE, [tuple(getattr(entry, column) for column in COLUMNS) for entry in entries]
-            )
+            cursor.executemany(_INSERT_SQLITE, rows)
             conn.commit()
         except BaseException:
             conn.rollback()

@@ -159,16 +159,11 @@ class Settings(BaseSettings):
             raise ValueError("state_dir: must not be inside the inbox (its files would be delivered)")
         if self.failed_dir is not None and self.failed_dir.is_relative_to(inbox):
             raise ValueError("failed_dir: must not be inside the inbox (quarantined files would loop)")
-        if self.cluster:
-            # Several replicas are coordinated through PostgreSQL only (see docs/configuration.md).
-            if not self.jobstore.startswith(("postgresql", "postgres")):
-                raise ValueError(
-                    "cluster: WATCHER_CLUSTER=true needs WATCHER_JOBSTORE_URL to be a PostgreSQL URL "
-                    "(postgresql://user:password@host/db), which all replicas share"
-                )
+        # Several replicas are coordinated through PostgreSQL only (see docs/configuration.md).
+        if self.cluster and not self.jobstore.startswith(("postgresql", "postgres")):
             raise ValueError(
-                "cluster: cluster mode is not available in this version; run one replica "
-                "(WATCHER_CLUSTER=false, the default)"
+                "cluster: WATCHER_CLUSTER=true needs WATCHER_JOBSTORE_URL to be a PostgreSQL URL "
+                "(postgresql://user:password@host/db), which all replicas share"
             )
         if self.failed_path.is_relative_to(outbox):
             # Consumers of the outbox would take quarantined files (and their .error.json) as deliveries.
@@ -186,7 +181,11 @@ class Settings(BaseSettings):
 
     @property
     def record_url(self) -> str:
-        """The SQLAlchemy URL of the delivery record: a SQLite file in the state dir."""
+        """The SQLAlchemy URL of the delivery record: a SQLite file in the state dir, or in cluster
+        mode the shared PostgreSQL database of WATCHER_JOBSTORE_URL (every replica sees every row).
+        """
+        if self.cluster:
+            return self.jobstore
         return f"sqlite:///{self.state_dir / 'record.sqlite'}"
 
     @property

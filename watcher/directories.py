@@ -55,6 +55,8 @@ def prepare_directories(settings: Settings, create: bool = True) -> None:
         raise ConfigError(f"WATCHER_INBOX={settings.inbox} is not readable by this user: fix its permissions")
 
 
-def sweep_stale_temp_files(roots: list[Path]) -> int:
-    """Remove every temporary file of ours at start-up (blocking): none can be in progress yet."""
-    return sum(sweep_temp_files(root)[0] for root in roots)
+def sweep_stale_temp_files(roots: list[Path], older_than: float = 0.0) -> int:
+    """Remove our temporary files at start-up (blocking): none of this process can be in progress yet;
+    in cluster mode (`older_than` > 0) only those old enough not to be another replica's copy.
+    """
+    return sum(sweep_temp_files(root, older_than)[0] for root in roots)

@@ -29,6 +29,7 @@ class Health:
         observer: Callable[[], Check],
         schedule_store: Callable[[], Awaitable[Check]],
         record_problem: Callable[[], str | None] | None = None,
+        cluster: Callable[[], Check] | None = None,
     ) -> None:
         """`observer` and `schedule_store` answer their own checks; the rest is looked at here."""
         self._settings = settings
@@ -37,6 +38,7 @@ class Health:
         self._observer = observer
         self._schedule_store = schedule_store
         self._record_problem = record_problem
+        self._cluster = cluster  # cluster mode: this replica holds its id lock in PostgreSQL
         self.serving = False  # set once everything runs, cleared when the stop begins
         self.stopping = False
 
@@ -59,6 +61,8 @@ class Health:
         if self._record_problem is not None:
             problem = await asyncio.to_thread(self._record_problem)
             checks["delivery_record"] = (problem is None, problem or "writable")
+        if self._cluster is not None:
+            checks["cluster"] = self._cluster()
         outbox_ok, outbox_detail = checks["outbox"]
         if not outbox_ok and self._gate.is_open and self.serving:
             self._gate.close(outbox_detail)  # readiness saw it first: delivery waits at once

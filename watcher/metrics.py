@@ -54,6 +54,7 @@ class Metrics:
     ready_check: Gauge
     oldest_pending: Gauge
     pending_files: Gauge
+    cluster_leader: Gauge
     job_runs: Counter
     job_last_success: Gauge
     build_info: Info
@@ -134,6 +135,11 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
             registry=reg,
         ),
         pending_files=Gauge("watcher_pending_files", "Files seen in the inbox but not yet delivered.", registry=reg),
+        cluster_leader=Gauge(
+            "watcher_cluster_leader",
+            "1 on the replica that holds the schedule (cluster mode), else 0.",
+            registry=reg,
+        ),
         job_runs=Counter(
             "watcher_job_runs", "Scheduled job runs by job id and outcome.", ["job_id", "outcome"], registry=reg
         ),

@@ -15,12 +15,14 @@ import contextlib
 import signal
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from watcher import __version__
 from watcher.config import Settings
 from watcher.directories import prepare_directories, sweep_stale_temp_files
 from watcher.health import Health
 from watcher.http.app import create_app
+from watcher.http.cluster_api import cluster_routes
 from watcher.http.jobs_api import job_routes
 from watcher.http.limits import Limits
 from watcher.http.record_api import record_routes
@@ -40,7 +42,11 @@ from watcher.record import DeliveryRecord
 from watcher.record.explain import Explainer
 from watcher.record.retention import keep_tidy, open_record
 
+if TYPE_CHECKING:
+    from watcher.cluster.membership import Membership
+
 log = get_logger(__name__)
+STALE_TEMP_AGE = 3600.0  # cluster mode: a temporary file this old is no replica's copy in progress
 
 HTTP_RESERVE = 1.5  # seconds of the deadline kept for closing HTTP after the drain
 API_READ_ONLY = "read-only: set WATCHER_API_TOKEN to change jobs"
@@ -71,8 +77,19 @@ class Service:
         self.jobs = JobService(settings, self.metrics, self.rescan)
         self.supervisor: ObserverSupervisor | None = None
         self.progress = BacklogProgress()
+        self.membership: Membership | None = None
+        if settings.cluster:
+            from watcher.cluster.membership import Membership  # psycopg (an extra) only in cluster mode
+
+            self.membership = Membership(settings, self.metrics, self.jobs.set_leader, self.jobs.wakeup)
         self.health = Health(
-            settings, self.metrics, self.gate, self._observer_status, self.jobs.check, self.record.problem
+            settings,
+            self.metrics,
+            self.gate,
+            self._observer_status,
+            self.jobs.check,
+            self.record.problem,
+            self.membership.check if self.membership is not None else None,
         )
         self._signals = 0
         self.deadline = StopDeadline(settings.shutdown_timeout + STOP_MARGIN)
@@ -138,6 +155,17 @@ class Service:
             log.info("rescan.found", files_found=found)
         return found
 
+    async def _follower_rescans(self, membership: Membership) -> None:
+        """Cluster mode: every replica rescans the shared inbox itself (inotify sees only local writes);
+        on the leader the schedule's `rescan` job does it, elsewhere this loop.
+        """
+        interval = self.settings.rescan_interval
+        while interval > 0 and not self.stop_event.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), interval)
+            if not self.stop_event.is_set() and not membership.leader:
+                await self.rescan()
+
     # ---- life cycle ----------------------------------------------------------------------------
 
     def _left(self, cap: float | None = None, reserve: float = 0.0) -> float:
@@ -161,9 +189,15 @@ class Service:
         bounded = self.deadline.bounded
         async with contextlib.AsyncExitStack() as stack:
             prepare_directories(s)
+            membership = self.membership
+            if membership is not None:
+                # First: a replica id that a live replica holds stops us (exit 2) before anything runs.
+                await membership.start()
+                stack.push_async_callback(bounded, "cluster", membership.close, PHASE_CAP)
+                await membership.finish_own_claims()  # back into the inbox: the start-up scan takes them
             await self.jobs.open()  # a bad WATCHER_JOBSTORE_URL stops us before anything starts
             stack.push_async_callback(bounded, "schedule store", self.jobs.close, PHASE_CAP)
-            await open_record(self.record, str(s.state_dir / "record.sqlite"))
+            await open_record(self.record, self.record.engine.url.render_as_string(hide_password=True))
             stack.push_async_callback(
                 bounded, "delivery record", lambda: asyncio.to_thread(self.record.close), PHASE_CAP
             )
@@ -172,7 +206,10 @@ class Service:
             if handle_signals:
                 stack.enter_context(self._signal_handlers(loop))
             self._wire_gauges()
-            swept = await asyncio.to_thread(sweep_stale_temp_files, [s.outbox, s.failed_path])
+            # In cluster mode another replica's copy may be in progress: only old ones are stale.
+            swept = await asyncio.to_thread(
+                sweep_stale_temp_files, [s.outbox, s.failed_path], STALE_TEMP_AGE if s.cluster else 0.0
+            )
 
             app = create_app(
                 self.metrics.registry,
@@ -180,6 +217,7 @@ class Service:
                 extra_routes=[
                     *job_routes(self.jobs, s.api_token),
                     *record_routes(self._explainer(), self.record, s.api_token),
+                    *(cluster_routes(membership.view) if membership is not None else []),
                 ],
                 limits=Limits(s.http_max_connections, s.http_request_timeout),
             )
@@ -217,6 +255,9 @@ class Service:
                     name="backlog-progress",
                 ),
             ]
+            if membership is not None:
+                tasks.append(asyncio.create_task(membership.run(self.stop_event), name="cluster-heartbeat"))
+                tasks.append(asyncio.create_task(self._follower_rescans(membership), name="follower-rescans"))
             stack.push_async_callback(bounded, "intake", lambda: self._cancel_intake(tasks), PHASE_CAP)
             log.info(
                 "service.started",
@@ -232,6 +273,8 @@ class Service:
             )
             log.debug("service.settings", observer_reason=choice.reason, settings=s.public_view())
             # After the pipeline, since a job that fell due while we were down may run at once.
+            if membership is not None:  # released right after the scheduler stops
+                stack.push_async_callback(bounded, "leadership", membership.step_down, PHASE_CAP)
             await self.jobs.start()
             stack.push_async_callback(bounded, "scheduler", self.jobs.stop, PHASE_CAP)
             stack.callback(self._begin_stop)  # released first: the clock starts with the stop
@@ -250,6 +293,7 @@ class Service:
             path_filter=self.intake.filter,
             record=self.record,
             next_rescan=lambda: self.jobs.next_run(RESCAN_JOB_ID),
+            replica=self.settings.replica_id if self.settings.cluster else None,
         )
 
     async def _cancel_intake(self, tasks: list[asyncio.Task[None]]) -> None:

@@ -109,3 +109,13 @@ def test_token_is_masked(tmp_path: Path) -> None:
     assert s.api_token is not None and s.api_token.get_secret_value() == "s3cret-value"
     assert "s3cret-value" not in repr(s.public_view())
     assert "s3cret-value" not in repr(s)
+
+
+def test_cluster_mode_needs_postgresql_and_then_shares_it_for_the_record(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"WATCHER_CLUSTER.*PostgreSQL"):
+        load_settings(environ={**base(tmp_path), "WATCHER_CLUSTER": "true"})
+    url = "postgresql://watcher@db/watcher"
+    s = load_settings(environ={**base(tmp_path), "WATCHER_CLUSTER": "true", "WATCHER_JOBSTORE_URL": url})
+    assert s.cluster and s.record_url == url
+    single = load_settings(environ={**base(tmp_path), "WATCHER_JOBSTORE_URL": url})
+    assert single.record_url == f"sqlite:///{single.state_dir / 'record.sqlite'}"

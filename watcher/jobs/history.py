@@ -23,8 +23,11 @@ from sqlalchemy import (
     UnicodeText,
     delete,
     insert,
+    inspect,
     select,
+    text,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 KEEP_PER_JOB = 100
 
@@ -40,7 +43,20 @@ runs_table = Table(
     Column("outcome", Unicode(16), nullable=False),
     Column("error", UnicodeText, nullable=True),
     Column("detail", JSON, nullable=True),
+    Column("replica", Unicode(63), nullable=True),  # cluster mode: the replica that ran it
 )
+
+# Cluster mode: one row per (job, scheduled run time), inserted before the run. Whoever inserts it
+# runs it; a stale leader that read the same due time finds the row and skips (the fence).
+fence_table = Table(
+    "watcher_job_fence",
+    metadata,
+    Column("job_id", Unicode(191), primary_key=True),
+    Column("run_time", Float(25), primary_key=True),
+    Column("replica", Unicode(63), nullable=False),
+    Column("claimed_at", Float(25), nullable=False, index=True),
+)
+FENCE_KEEP_SECONDS = 7 * 86400.0
 
 # Readiness writes one row here and rolls it back: proof that the store takes writes, leaving no trace.
 probe_table = Table(
@@ -60,6 +76,7 @@ class Run:
     outcome: str
     error: str | None = None
     detail: dict[str, Any] | None = None
+    replica: str | None = None  # cluster mode: the replica that ran it
 
 
 class RunHistory:
@@ -71,8 +88,26 @@ class RunHistory:
         self.keep = keep
 
     def create(self) -> None:
-        """Create the table when missing."""
+        """Create the tables when missing; add the ``replica`` column to a table made before it."""
         metadata.create_all(self.engine)
+        columns = {c["name"] for c in inspect(self.engine).get_columns(runs_table.name)}
+        if "replica" not in columns:
+            with self.engine.begin() as conn:
+                conn.execute(text(f"ALTER TABLE {runs_table.name} ADD COLUMN replica VARCHAR(63)"))
+
+    def fence(self, job_id: str, run_time: float, replica: str) -> bool:
+        """Claim the run of `job_id` due at `run_time` (PostgreSQL); False when another replica has."""
+        t = fence_table
+        statement = (
+            pg_insert(t)
+            .values(job_id=job_id, run_time=run_time, replica=replica, claimed_at=time.time())
+            .on_conflict_do_nothing(index_elements=[t.c.job_id, t.c.run_time])
+            .returning(t.c.replica)
+        )
+        with self.engine.begin() as conn:
+            won = conn.execute(statement).first() is not None
+            conn.execute(delete(t).where(t.c.claimed_at < time.time() - FENCE_KEEP_SECONDS))
+        return won
 
     def probe_write(self) -> None:
         """Write a row in a transaction that is rolled back (readiness); raises when the store refuses.
@@ -105,6 +140,7 @@ class RunHistory:
                     outcome=run.outcome,
                     error=run.error,
                     detail=run.detail,
+                    replica=run.replica,
                 )
             )
             # A derived table around the LIMIT: MySQL refuses LIMIT directly inside NOT IN.
@@ -116,7 +152,8 @@ class RunHistory:
         query = select(t).where(t.c.job_id == job_id).order_by(t.c.started_at.desc(), t.c.id.desc()).limit(self.keep)
         with self.engine.connect() as conn:
             return [
-                Run(r.job_id, r.started_at, r.finished_at, r.outcome, r.error, r.detail) for r in conn.execute(query)
+                Run(r.job_id, r.started_at, r.finished_at, r.outcome, r.error, r.detail, r.replica)
+                for r in conn.execute(query)
             ]
 
     def delete(self, job_id: str) -> None:

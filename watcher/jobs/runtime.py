@@ -34,6 +34,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
 from datetime import datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -41,6 +42,7 @@ from zoneinfo import ZoneInfo
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent, JobSubmissionEvent
 from apscheduler.executors.asyncio import AsyncIOExecutor
 from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.base import STATE_RUNNING
 from apscheduler.triggers.base import BaseTrigger
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
@@ -123,6 +125,7 @@ class JobRuntime:
         self._store_failing_since: float | None = None
         self._store_error = ""
         self._runs_not_run = 0
+        self._leader = False  # cluster mode: this replica holds the leader lock
 
     # ---- life cycle --------------------------------------------------------------------------
 
@@ -152,6 +155,7 @@ class JobRuntime:
         self._store_failing_since = None
         scheduler = ResilientScheduler(
             self,
+            fence=self._fence if self.settings.cluster else None,
             jobstores={"default": ScheduleStore(engine=self.engine)},
             executors={"default": AsyncIOExecutor()},
             job_defaults=JOB_DEFAULTS,
@@ -176,9 +180,32 @@ class JobRuntime:
         self.scheduler = scheduler  # from here on the API and readiness see it
         for job_id in jobs:
             self._init_metrics(job_id)
-        scheduler.resume()
+        if not self.settings.cluster or self._leader:  # cluster mode: only the leader runs the schedule
+            scheduler.resume()
         self._spawn(self._watchdog(scheduler))
         log.info("jobs.started", store=self.store_name, jobs=len(jobs), rescan_interval=self.settings.rescan_interval)
+
+    def _fence(self, job_id: str, run_time: datetime) -> bool:
+        """Cluster mode: claim this (job, run time) in the run history; False when another replica has."""
+        assert self.history is not None
+        return self.history.fence(job_id, run_time.timestamp(), self.settings.replica_id)
+
+    def set_leader(self, leader: bool) -> None:
+        """Cluster mode: run the schedule (the leader lock is ours) or hold it paused (on the loop)."""
+        self._leader = leader
+        scheduler = self.scheduler
+        if scheduler is None or not scheduler.running:
+            return
+        if leader:
+            scheduler.resume()
+        else:
+            scheduler.pause()
+
+    def wakeup(self) -> None:
+        """Cluster mode: look at the store now (jobs made or changed through other replicas)."""
+        scheduler = self.scheduler
+        if scheduler is not None and self._leader and scheduler.state == STATE_RUNNING:
+            scheduler.wakeup()
 
     def _prepare_store(self, scheduler: ResilientScheduler) -> list[str]:
         """Drop stored jobs that are not ours; (re)create or remove `rescan`; ensure `retry_failed` (blocking)."""
@@ -368,6 +395,8 @@ class JobRuntime:
         await self._record(Run(job_id, started, time.time(), outcome, error, detail))
 
     async def _record(self, run: Run) -> None:
+        if self.settings.cluster:
+            run = replace(run, replica=self.settings.replica_id)
         if run.job_id in self._deleted:
             return  # deleted while it ran: its history and metrics are gone with it
         self.metrics.job_runs.labels(job_id=run.job_id, outcome=run.outcome).inc()

@@ -30,6 +30,7 @@ pyproject pins ``apscheduler<4``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from threading import TIMEOUT_MAX
 from typing import Any, Protocol
@@ -66,6 +67,9 @@ class StoreListener(Protocol):
         """The run of `job_id` due at `due` did not happen because the store failed (once per due time)."""
 
 
+Fence = Callable[[str, datetime], bool]
+
+
 class ScheduleStore(SQLAlchemyJobStore):  # type: ignore[misc]  # untyped base (apscheduler has no stubs)
     """APScheduler's SQLAlchemy job store, plus the schedule at a glance (ids and next run times)."""
 
@@ -84,9 +88,14 @@ class ScheduleStore(SQLAlchemyJobStore):  # type: ignore[misc]  # untyped base (
 class ResilientScheduler(AsyncIOScheduler):  # type: ignore[misc]  # untyped base (apscheduler has no stubs)
     """An AsyncIOScheduler whose schedule survives store errors (see the module docstring)."""
 
-    def __init__(self, listener: StoreListener, **options: Any) -> None:
-        """`options` as for AsyncIOScheduler (``jobstore_retry_interval`` sets the retry delay)."""
+    def __init__(self, listener: StoreListener, fence: Fence | None = None, **options: Any) -> None:
+        """`options` as for AsyncIOScheduler (``jobstore_retry_interval`` sets the retry delay).
+
+        `fence` (cluster mode) is asked before each due run is submitted: False means another
+        replica has claimed that (job, run time) already, and the run is skipped here.
+        """
         self._listener = listener
+        self._fence = fence
         self._upcoming: list[tuple[str, float]] = []  # as of the last pass that could read the store
         self._reported: set[tuple[str, float]] = set()  # (job, due time) already reported as not run
         self._armed = False  # the timer is pending (or its wake-up is queued on the loop)
@@ -184,6 +193,14 @@ class ResilientScheduler(AsyncIOScheduler):  # type: ignore[misc]  # untyped bas
                 failure = exc
                 self._not_run(job.id, stored_due.timestamp(), exc)
                 continue
+            if self._fence is not None:
+                try:
+                    if not self._fence(job.id, run_times[-1]):
+                        continue  # another replica runs this one (a stale leader's second look)
+                except Exception as exc:  # noqa: BLE001 - not fenced, not run: reported as a store failure
+                    failure = exc
+                    self._not_run(job.id, stored_due.timestamp(), exc)
+                    continue
             try:
                 executor.submit_job(job, run_times)
             except MaxInstancesReachedError:

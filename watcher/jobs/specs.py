@@ -240,6 +240,7 @@ class RunOut(BaseModel):
     outcome: RunOutcome
     error: str | None
     detail: dict[str, Any] | None
+    replica: str | None = Field(default=None, description="cluster mode: the replica that ran it")
 
 
 class RunList(BaseModel):

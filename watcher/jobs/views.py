@@ -34,10 +34,13 @@ def job_view(job: Job, tz: tzinfo) -> dict[str, Any]:
 
 def run_view(run: Run, tz: tzinfo) -> dict[str, Any]:
     """One run as the API answers it (newest first in ``/jobs/{id}/runs``)."""
-    return {
+    view = {
         "started_at": iso(tz, run.started_at),
         "finished_at": iso(tz, run.finished_at),
         "outcome": run.outcome,
         "error": run.error,
         "detail": run.detail,
     }
+    if run.replica is not None:  # cluster mode: the replica that ran it
+        view["replica"] = run.replica
+    return view

@@ -20,6 +20,8 @@ class PathFilter:
 
     def accepts(self, rel: str) -> bool:
         """True when the file at relative path `rel` should be delivered."""
+        if rel == ".watcher" or rel.startswith(".watcher/"):
+            return False  # reserved for the service's own bookkeeping (cluster claims), whatever the globs
         parts = rel.split("/")
         for pattern in self.exclude:
             if fnmatchcase(rel, pattern) or any(fnmatchcase(part, pattern) for part in parts):
@@ -29,5 +31,7 @@ class PathFilter:
 
     def accepts_dir(self, rel_dir: str) -> bool:
         """True when a folder may hold deliverable files (not excluded by name)."""
+        if rel_dir == ".watcher" or rel_dir.startswith(".watcher/"):
+            return False
         parts = rel_dir.split("/")
         return not any(fnmatchcase(part, pattern) for pattern in self.exclude for part in parts)

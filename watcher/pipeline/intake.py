@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from watcher.clock import SYSTEM_CLOCK, Clock
+from watcher.cluster.claims import is_reserved
 from watcher.config import Settings
 from watcher.logging import get_logger
 from watcher.metrics import Metrics
@@ -49,6 +50,7 @@ class Tracked:
     due_mono: float = 0.0
     last_error: str = ""  # the last failed attempt's error (for GET /files)
     retry_at: float = 0.0  # wall time of the next attempt while retrying
+    claimed: bool = False  # cluster mode: the file is in this replica's claims folder
 
 
 class Intake:
@@ -92,8 +94,8 @@ class Intake:
         if not path.startswith(self._prefix):
             return None
         rel = path[len(self._prefix) :]
-        if not self.recursive and "/" in rel:
-            return None
+        if (not self.recursive and "/" in rel) or is_reserved(rel):
+            return None  # <inbox>/.watcher/ is the service's own (claims): never a file to deliver
         return rel
 
     def _offer(self, item: Tracked) -> bool:

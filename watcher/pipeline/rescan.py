@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+from watcher.cluster.claims import RESERVED
 from watcher.pipeline.filters import PathFilter
 from watcher.pipeline.transfer import is_temp_name
 
@@ -87,6 +88,8 @@ def _walk(
         with entries:
             for entry in entries:
                 empty = False
+                if not rel_dir and entry.name == RESERVED:
+                    continue  # <inbox>/.watcher/: the service's own (claims), never delivered nor reported
                 rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
                 try:
                     if entry.is_dir(follow_symlinks=False):

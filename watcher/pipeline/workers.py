@@ -14,7 +14,9 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 
+from watcher.cluster.claims import claim, claims_root, hand_back
 from watcher.config import Settings
 from watcher.logging import get_logger, printable
 from watcher.metrics import Metrics
@@ -76,6 +78,8 @@ class WorkerPool:
         self._tasks: list[asyncio.Task[None]] = []
         self._busy: set[asyncio.Task[None]] = set()
         self._accepting = True
+        # Cluster mode: files are claimed (renamed into this replica's claims folder) before the transfer.
+        self.claims: Path | None = claims_root(settings.inbox, settings.replica_id) if settings.cluster else None
 
     def start(self) -> None:
         """Start the worker tasks."""
@@ -134,9 +138,13 @@ class WorkerPool:
         pending = batch
         while pending:
             await self.gate.wait_open()
+            if self.claims is not None:
+                pending = await self._claim(pending)
+                if not pending:
+                    return
             run = partial(
                 deliver_batch,
-                [(self.intake.inbox / item.rel, item.rel) for item in pending],
+                [(self._source(item), item.rel) for item in pending],
                 s.outbox,
                 on_conflict=s.on_conflict,
                 fsync=s.fsync,
@@ -161,6 +169,66 @@ class WorkerPool:
                 else:
                     await self._account(item, outcome, duration, started)
             pending = blocked
+
+    def _source(self, item: Tracked) -> Path:
+        """Where the file is now: its claim (cluster mode, once claimed) or the inbox."""
+        if item.claimed and self.claims is not None:
+            return self.claims / item.rel
+        return self.intake.inbox / item.rel
+
+    async def _claim(self, batch: list[Tracked]) -> list[Tracked]:
+        """Cluster mode: claim the batch's files in one thread hop; the ones another replica took
+        are done here (not an error: that replica delivers them). Returns the files that are ours.
+        """
+        claims, inbox = self.claims, self.intake.inbox
+        assert claims is not None
+        todo = [item for item in batch if not item.claimed]
+
+        def claim_all() -> list[bool | OSError]:
+            won: list[bool | OSError] = []
+            for item in todo:
+                try:
+                    won.append(claim(inbox, claims, item.rel))
+                except OSError as exc:  # the claims folder cannot be written: an attempt of this file
+                    won.append(exc)
+            return won
+
+        failed: dict[int, OSError] = {}
+        started = time.monotonic()
+        if todo:
+            won = await asyncio.get_running_loop().run_in_executor(self._executor, claim_all)
+            for item, ours in zip(todo, won, strict=True):
+                if isinstance(ours, OSError):
+                    failed[id(item)] = ours
+                else:
+                    item.claimed = ours
+        mine: list[Tracked] = []
+        for item in batch:
+            if item.claimed:
+                mine.append(item)
+            elif id(item) in failed:
+                await self._failed_attempt(item, failed[id(item)], started)
+                if item.state != "retrying":
+                    self.intake.finish(item)
+            else:
+                log.debug("file.ignored", path=item.rel, outcome="vanished", reason="claimed by another replica")
+                self.summary["vanished"] += 1
+                self.intake.finish(item)
+        return mine
+
+    async def _unclaim(self, item: Tracked) -> bool:
+        """Cluster mode: put a claimed file back into the inbox (it changed under the transfer)."""
+        claims = self.claims
+        if claims is None or not item.claimed:
+            return True
+        inbox = self.intake.inbox
+        try:
+            back = await asyncio.get_running_loop().run_in_executor(self._executor, hand_back, claims, inbox, item.rel)
+        except OSError:
+            back = False
+        if back:
+            item.claimed = False
+        return back
 
     def _recorder(self, batch: list[Tracked]) -> BatchRecorder | None:
         """The batch's record rows, written in one transaction before any source goes."""
@@ -192,7 +260,10 @@ class WorkerPool:
             await self._quarantine(item, outcome, started)
         elif isinstance(outcome, SourceChanged):
             log.info("file.changed", path=item.rel, reason=str(outcome), outcome="resettle")
-            self.intake.resettle(item)
+            if await self._unclaim(item):
+                self.intake.resettle(item)
+            else:  # its name in the inbox is taken meanwhile: deliver it from the claim, a bit later
+                self.intake.retry_later(item, self.settings.settle_seconds or 1.0)
             return
         elif isinstance(outcome, TransferAborted):
             log.warning("file.interrupted", path=item.rel, outcome="left_in_inbox")
@@ -261,7 +332,7 @@ class WorkerPool:
             first_seen=item.first_seen_wall,
             last_attempt=time.time(),
         )
-        src = self.intake.inbox / item.rel
+        src = self._source(item)
         failed_root = self.settings.failed_path
         fsync = self.settings.fsync
 

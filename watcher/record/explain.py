@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from watcher.cluster.claims import claimed_by
 from watcher.logging import printable
 from watcher.pipeline.filters import PathFilter
 from watcher.pipeline.intake import Intake
@@ -101,14 +102,20 @@ class Explainer:
     path_filter: PathFilter
     record: DeliveryRecord
     next_rescan: Callable[[], Awaitable[float | None]]  # Unix time of the next rescan, if scheduled
+    replica: str | None = None  # cluster mode: this replica's id (files in transit sit in claims folders)
 
     async def explain(self, rel: str) -> dict[str, Any]:
         """``{"path", "state", "detail", "records"}`` for the inbox-relative `rel`; UnknownPath if unknown."""
         rel = check_relative(rel)
         st = await asyncio.to_thread(lstat_beneath, self.inbox, rel) if not _reserved(rel) else None
         records = await asyncio.to_thread(self.record.history, printable(rel))
+        owner = None
+        if self.replica is not None and (st is None or stat.S_ISDIR(st.st_mode)) and not _reserved(rel):
+            owner = await asyncio.to_thread(claimed_by, self.inbox, rel)
         if st is not None and not stat.S_ISDIR(st.st_mode):
             state, detail = await self._in_inbox(rel, st)
+        elif owner is not None:
+            state, detail = self._claimed(rel, owner)
         elif records:
             state, detail = records[0].outcome, _left(records[0])
         else:
@@ -172,6 +179,15 @@ class Explainer:
         if item.state == "running":
             return "transferring", "a worker is moving it to the outbox now"
         return "queued", f"complete since {_iso(item.ready_wall)}; waiting for a free worker"
+
+    def _claimed(self, rel: str, owner: str) -> tuple[str, str]:
+        """Cluster mode: the file is in the claims folder of replica `owner`."""
+        item = self.intake.tracked.get(rel) if owner == self.replica else None
+        if item is not None and item.state == "retrying":
+            return "retrying", f"attempt {item.attempts} failed: {item.last_error}; next try at {_iso(item.retry_at)}"
+        if item is not None and not self.gate.is_open:
+            return "paused", f"delivery is paused: {self.gate.reason}; it resumes by itself once that is fixed"
+        return "transferring", f"claimed by replica {owner}, which is moving it to the outbox"
 
     async def _settling(self, st: os.stat_result) -> str:
         holders = await asyncio.to_thread(writers_of, (st.st_dev, st.st_ino))

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Engine,
     Float,
@@ -42,6 +43,7 @@ from sqlalchemy import (
     select,
     tuple_,
 )
+from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -60,7 +62,7 @@ deliveries = Table(
     Column("path", UnicodeText, nullable=False),
     Column("outcome", Unicode(16), nullable=False),
     Column("target", UnicodeText, nullable=False),
-    Column("size", Integer, nullable=False),
+    Column("size", BigInteger, nullable=False),  # PostgreSQL's INTEGER stops at 2 GiB
     Column("sha256", Unicode(64), nullable=True),
     Column("first_seen", Float(25), nullable=False),
     Column("completed_at", Float(25), nullable=False),
@@ -218,7 +220,10 @@ class DeliveryRecord:
 
     def __init__(self, url: str) -> None:
         """Bind to the database at `url`; nothing is opened before :meth:`open`."""
-        self.engine: Engine = create_engine(url)
+        parsed = make_url(url)
+        if parsed.drivername in ("postgresql", "postgres"):
+            parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3, as the schedule store
+        self.engine: Engine = create_engine(parsed, pool_pre_ping=parsed.get_backend_name() != "sqlite")
         self._file: str | None = None  # the SQLite file (None for a server database)
         self._group = GroupCommit(self._write_sqlite)
         self.dev: int | None = None  # the device of its folder, once open
@@ -326,7 +331,10 @@ class DeliveryRecord:
             where.append(t.c.outcome == outcome)
         if prefix:
             # A range on the path, not LIKE: `%` and `_` in a file name are not wildcards.
-            where.append(and_(t.c.path >= prefix, t.c.path < prefix + "\U0010ffff"))
+            # PostgreSQL compares in the database's collation, where that range is not a prefix:
+            # compare code points there (collation "C"; UTF-8 byte order is code point order).
+            path = t.c.path.collate("C") if self.engine.dialect.name == "postgresql" else t.c.path
+            where.append(and_(path >= prefix, path < prefix + "\U0010ffff"))
         if cursor is not None:
             after_time, after_id = _decode_cursor(cursor)
             # A row value, not an OR: SQLite and PostgreSQL seek the (finished_at, id) index with it.

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from watcher.pipeline.transfer import BeforeRemove, TransferOutcome, TransferResult, deliver, write_beside
+from watcher.pipeline.transfer import Recorder, TransferOutcome, TransferResult, deliver, write_beside
 
 SIDECAR_SUFFIX = ".error.json"
 
@@ -53,14 +53,12 @@ def _errno_name(err: int | None) -> str | None:
 
 
 def move_to_failed(
-    src: Path, rel: str, failed_root: Path, fsync: bool, before_remove: BeforeRemove | None = None
+    src: Path, rel: str, failed_root: Path, fsync: bool, recorder: Recorder | None = None
 ) -> TransferResult:
-    """Move the source into the failed dir with its relative path kept (blocking); `before_remove`
-    writes the record row once the move is durable, before the source goes.
+    """Move the source into the failed dir with its relative path kept (blocking); `recorder` writes
+    and flushes the record row before the source goes.
     """
-    return deliver(
-        src, rel, failed_root, on_conflict="rename", fsync=fsync, abort=threading.Event(), before_remove=before_remove
-    )
+    return deliver(src, rel, failed_root, on_conflict="rename", fsync=fsync, abort=threading.Event(), recorder=recorder)
 
 
 def write_sidecar(failed_root: Path, dest: Path, report: FailureReport, fsync: bool = True) -> Path:

@@ -30,10 +30,9 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from watcher.config import OnConflict
 
@@ -658,7 +657,6 @@ def syncfs(fd: int) -> None:
 
 
 Outcomes = list["TransferResult | Exception"]
-BeforeRemove = Callable[[list[tuple[int, TransferResult]]], None]
 
 
 def deliver_batch(
@@ -669,7 +667,7 @@ def deliver_batch(
     fsync: bool = True,
     abort: threading.Event | None = None,
     checksum: bool = False,
-    before_remove: BeforeRemove | None = None,
+    recorder: Recorder | None = None,
 ) -> Outcomes:
     """Deliver several files with one group commit; blocking. One result or exception per item.
 
@@ -678,9 +676,11 @@ def deliver_batch(
     source is removed, so durability before removal holds for every file of the batch.
 
     `checksum`: each placed file's SHA-256, computed while copying or by one read after linking.
-    `before_remove` gets the placed files' (index, result) once they are durable and before any source
-    is removed (the delivery record's one transaction); when it raises, no source is removed and each
-    of those files answers with that exception.
+    `recorder` writes the placed files' rows (the delivery record's one transaction) before the last
+    flush, which makes them durable with the links: one ``syncfs`` covers both when the record lives
+    on the outbox's filesystem, else the recorder flushes its own. Only then is any source removed;
+    when the record cannot be written or flushed, no source is removed and each of those files
+    answers with that exception.
     """
     abort = abort or threading.Event()
     fsync_each = fsync and len(items) == 1
@@ -726,15 +726,20 @@ def deliver_batch(
                 committed.append((slot, item))
             except Exception as exc:  # noqa: BLE001 - reported per item
                 outcomes[slot] = exc
+        if checksum:
+            for slot, item in committed:
+                if item.result is not None:
+                    outcomes[slot] = item.result = replace(item.result, sha256=_digest(item, item.result))
+        if recorder is not None:
+            _record(recorder, committed, outcomes)  # written now, made durable by the flush below
+        synced: set[int] = set()
         if group and committed:
-            _group_sync(committed, outcomes)
-        for slot, item in zip(slots, opened, strict=True):
-            done = outcomes[slot]
-            if isinstance(done, TransferResult):
-                digest = _digest(item, done) if checksum else None
-                outcomes[slot] = item.result = replace(done, seconds=item.seconds, sha256=digest)
-        if before_remove is not None:
-            _before_remove(before_remove, committed, outcomes)
+            synced = _group_sync(committed, outcomes)
+        if recorder is not None and fsync:
+            _flush_record(recorder, committed, outcomes, synced)
+        for slot, item in committed:
+            if item.result is not None:
+                outcomes[slot] = item.result = replace(item.result, seconds=item.seconds)
     finally:
         try:
             for item in opened:
@@ -756,19 +761,48 @@ def _digest(item: _Open, done: TransferResult) -> str | None:
     return sha256_of(item.fd)
 
 
-def _before_remove(hook: BeforeRemove, committed: list[tuple[int, _Open]], outcomes: Outcomes) -> None:
-    placed = [(slot, item) for slot, item in committed if item.result is not None]
+class Recorder(Protocol):
+    """Where a batch's placed files are recorded before their sources go (the delivery record)."""
+
+    def write(self, placed: list[tuple[int, TransferResult]]) -> None:
+        """Write the rows of the placed files (index in the batch, result); not yet durable."""
+
+    def flush(self, synced_devs: set[int]) -> None:
+        """Make the written rows durable, unless a flush of their filesystem (`synced_devs`) did."""
+
+
+def _placed(committed: list[tuple[int, _Open]]) -> list[tuple[int, _Open]]:
+    return [(slot, item) for slot, item in committed if item.result is not None]
+
+
+def _fail_placed(placed: list[tuple[int, _Open]], outcomes: Outcomes, exc: Exception) -> None:
+    """Each placed file answers with `exc` and keeps its source."""
+    for slot, item in placed:
+        outcomes[slot] = exc
+        item.result = None
+
+
+def _record(recorder: Recorder, committed: list[tuple[int, _Open]], outcomes: Outcomes) -> None:
+    placed = _placed(committed)
     if not placed:
         return
     try:
-        hook([(slot, result) for slot, item in placed if (result := item.result) is not None])
-    except Exception as exc:  # noqa: BLE001 - each placed file answers with it, and keeps its source
-        for slot, item in placed:
-            outcomes[slot] = exc
-            item.result = None
+        recorder.write([(slot, result) for slot, item in placed if (result := item.result) is not None])
+    except Exception as exc:  # noqa: BLE001 - reported per file
+        _fail_placed(placed, outcomes, exc)
 
 
-def _group_sync(members: list[tuple[int, _Open]], outcomes: Outcomes) -> None:
+def _flush_record(recorder: Recorder, committed: list[tuple[int, _Open]], outcomes: Outcomes, synced: set[int]) -> None:
+    placed = _placed(committed)
+    if not placed:
+        return
+    try:
+        recorder.flush(synced)
+    except Exception as exc:  # noqa: BLE001 - reported per file
+        _fail_placed(placed, outcomes, exc)
+
+
+def _group_sync(members: list[tuple[int, _Open]], outcomes: Outcomes) -> set[int]:
     """Call syncfs once per filesystem of the members' folders; on failure every member fails.
 
     Usually one filesystem, the root's; more when a folder below the root is a mount of its own,
@@ -785,9 +819,12 @@ def _group_sync(members: list[tuple[int, _Open]], outcomes: Outcomes) -> None:
         for slot, item in members:
             outcomes[slot] = error
             item.result = None
-    share = (time.perf_counter() - began) / len(members)
-    for _, item in members:
-        item.seconds += share
+        return set()
+    finally:
+        share = (time.perf_counter() - began) / len(members)
+        for _, item in members:
+            item.seconds += share
+    return set(by_dev)
 
 
 def deliver(
@@ -799,7 +836,7 @@ def deliver(
     fsync: bool = True,
     abort: threading.Event | None = None,
     checksum: bool = False,
-    before_remove: BeforeRemove | None = None,
+    recorder: Recorder | None = None,
 ) -> TransferResult:
     """Deliver the file `src` (relative path `rel`) to ``root/rel``; blocking.
 
@@ -814,7 +851,7 @@ def deliver(
         fsync=fsync,
         abort=abort,
         checksum=checksum,
-        before_remove=before_remove,
+        recorder=recorder,
     )
     if isinstance(outcome, Exception):
         raise outcome

@@ -24,7 +24,6 @@ from watcher.pipeline.intake import Intake, Tracked
 from watcher.pipeline.outbox_gate import OutboxGate
 from watcher.pipeline.quarantine import FailureReport, move_to_failed, quarantined, write_sidecar
 from watcher.pipeline.transfer import (
-    BeforeRemove,
     ConflictRefused,
     OutboxUnavailable,
     SourceChanged,
@@ -33,8 +32,8 @@ from watcher.pipeline.transfer import (
     TransferResult,
     deliver_batch,
 )
-from watcher.record.rows import delivery_entry, quarantine_entry
-from watcher.record.store import DeliveryRecord
+from watcher.record.rows import BatchRecorder, delivery_entry, quarantine_entry
+from watcher.record.store import DeliveryRecord, Entry
 
 log = get_logger(__name__)
 BACKOFF_BASE = 0.5
@@ -151,7 +150,7 @@ class WorkerPool:
                 fsync=s.fsync,
                 abort=self.abort,
                 checksum=s.checksum == "sha256",
-                before_remove=self._recorder(pending),
+                recorder=self._recorder(pending),
             )
             started = time.monotonic()
             self.metrics.inflight_transfers.inc(len(pending))
@@ -231,27 +230,25 @@ class WorkerPool:
             item.claimed = False
         return back
 
-    def _recorder(self, batch: list[Tracked]) -> BeforeRemove | None:
-        """The hook that writes a batch's record rows in one transaction, before any source goes."""
+    def _recorder(self, batch: list[Tracked]) -> BatchRecorder | None:
+        """The batch's record rows, written in one transaction before any source goes."""
         record = self.record
         if record is None:
             return None
         outbox, replica = self.settings.outbox, self.settings.replica_id
 
-        def write(placed: list[tuple[int, TransferResult]]) -> None:
+        def rows(placed: list[tuple[int, TransferResult]]) -> list[Entry]:
             now = time.time()
-            rows = [delivery_entry(batch[i], result, outbox, replica, now) for i, result in placed]
+            made = [(delivery_entry(batch[i], result, outbox, replica, now), result) for i, result in placed]
             # A delivery found already in place after a crash may already have its row (the crash
             # came between the record and the removal of the source): one delivery, one row.
-            record.write(
-                [
-                    row
-                    for row, (_, result) in zip(rows, placed, strict=True)
-                    if row is not None and not (result.recovered and record.has_delivery(row.path, row.target))
-                ]
-            )
+            return [
+                row
+                for row, result in made
+                if row is not None and not (result.recovered and record.has_delivery(row.path, row.target))
+            ]
 
-        return write
+        return BatchRecorder(record, rows)
 
     async def _account(
         self, item: Tracked, outcome: TransferResult | Exception, duration: float, started: float
@@ -342,15 +339,14 @@ class WorkerPool:
         attempt_began = time.time() - (time.monotonic() - started)
         record = self.record
 
-        def write_row(placed: list[tuple[int, TransferResult]]) -> None:
-            if record is not None:
-                replica = self.settings.replica_id
-                record.write(
-                    [quarantine_entry(item, r, failed_root, replica, report.error, attempt_began) for _, r in placed]
-                )
+        def rows(placed: list[tuple[int, TransferResult]]) -> list[Entry]:
+            replica = self.settings.replica_id
+            return [quarantine_entry(item, r, failed_root, replica, report.error, attempt_began) for _, r in placed]
+
+        recorder = BatchRecorder(record, rows) if record is not None else None
 
         def move() -> TransferResult:
-            result = move_to_failed(src, item.rel, failed_root, fsync, before_remove=write_row)
+            result = move_to_failed(src, item.rel, failed_root, fsync, recorder=recorder)
             if quarantined(result) and result.dest is not None:
                 write_sidecar(failed_root, result.dest, report, fsync)
             return result

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from watcher.logging import printable
 from watcher.pipeline.intake import Tracked
 from watcher.pipeline.transfer import TransferOutcome, TransferResult
-from watcher.record.store import Entry, RecordOutcome
+from watcher.record.store import DeliveryRecord, Entry, RecordOutcome
 
 
 def delivery_entry(item: Tracked, result: TransferResult, root: Path, replica: str, now: float) -> Entry | None:
@@ -65,3 +66,20 @@ def _relative(dest: Path | None, root: Path, fallback: str) -> str:
         return printable(str(dest.relative_to(root)))
     except ValueError:
         return printable(fallback)
+
+
+class BatchRecorder:
+    """The :class:`~watcher.pipeline.transfer.Recorder` of one batch: its rows, then their flush."""
+
+    def __init__(self, record: DeliveryRecord, rows: Callable[[list[tuple[int, TransferResult]]], list[Entry]]) -> None:
+        """`rows` turns the placed files (index in the batch, result) into record rows."""
+        self._record = record
+        self._rows = rows
+
+    def write(self, placed: list[tuple[int, TransferResult]]) -> None:
+        """Write the rows in one transaction (RecordUnavailable when the record refuses)."""
+        self._record.write(self._rows(placed))
+
+    def flush(self, synced_devs: set[int]) -> None:
+        """Make the rows durable unless the batch's syncfs covered the record's filesystem."""
+        self._record.flush(synced_devs)

@@ -1,9 +1,11 @@
 """The delivery record: one row per file that left the inbox (SQLAlchemy Core; SQLite in the state dir).
 
-Rows are written by the transfer thread in one transaction per batch, after the batch's group commit
-made the deliveries durable and before any source is removed, so a record survives SIGKILL once its
-source is gone. SQLite runs in WAL mode with ``synchronous=FULL``: a commit is on disk when it
-returns. Every method blocks; the service calls them from worker threads.
+Rows are written by the transfer thread in one transaction per batch, once the batch's files are
+placed and before the flush that makes them durable (one syncfs for links and rows alike when the
+record shares the outbox's filesystem), and before any source is removed, so a record survives SIGKILL once its
+source is gone. SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit is in the WAL when it
+returns, and the batch's flush makes it durable together with the links (see :meth:`flush`). Every
+method blocks; the service calls them from worker threads.
 
 Only what the contract asks is kept: paths, sizes, times, outcomes, the error text and (with
 WATCHER_CHECKSUM=sha256) the digest. Never any file content.
@@ -14,8 +16,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -72,6 +76,10 @@ deliveries = Table(
     Index("watcher_deliveries_finished", "finished_at", "id"),
     Index("watcher_deliveries_outcome", "outcome", "finished_at", "id"),
 )
+
+COLUMNS = tuple(column.name for column in deliveries.columns if column.name != "id")
+# Names from the table above, values bound by the driver.
+_INSERT_SQLITE = f"INSERT INTO {deliveries.name} ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"  # noqa: S608
 
 # The readiness probe writes here and rolls back: proof that the record takes writes.
 probe = Table("watcher_record_probe", metadata, Column("checked_at", Float(25), nullable=False))
@@ -133,7 +141,10 @@ def _sqlite_pragmas(conn: DBAPIConnection, _: ConnectionPoolEntry) -> None:
     cursor = conn.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")  # in WAL mode NORMAL would not flush at commit
+        # No flush at commit: a batch's rows are made durable together with its links (the outbox's
+        # syncfs when the record shares its filesystem, else DeliveryRecord.flush). A commit is in
+        # the WAL at once, so a SIGKILL never loses it.
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=2000")
     finally:
         cursor.close()
@@ -152,6 +163,58 @@ def _decode_cursor(cursor: str) -> tuple[float, int]:
         raise BadCursor("cursor: not a cursor this service handed out; start again without it") from exc
 
 
+class _Waiter:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
+class GroupCommit:
+    """Commits the rows of batches that arrive together in one transaction (blocking; thread-safe).
+
+    The first thread to arrive writes everything waiting, its own rows included, while later ones
+    wait for that commit; whoever finds rows waiting after a commit writes them next. A commit costs
+    about 0.1 ms whatever it holds, so the workers' concurrent batches share one instead of queueing
+    one each. A failure is every waiting batch's failure.
+    """
+
+    def __init__(self, write: Callable[[list[tuple[Any, ...]]], None]) -> None:
+        """`write` commits a list of rows in one transaction."""
+        self._write = write
+        self._lock = threading.Lock()
+        self._waiting: list[tuple[list[tuple[Any, ...]], _Waiter]] = []
+        self._writing = False
+
+    def submit(self, rows: list[tuple[Any, ...]]) -> None:
+        """Return once `rows` are committed; raise the commit's error."""
+        mine = _Waiter()
+        with self._lock:
+            self._waiting.append((rows, mine))
+            lead = not self._writing
+            self._writing = True
+        if lead:
+            self._write_while_waiting()
+        mine.done.wait()
+        if mine.error is not None:
+            raise mine.error
+
+    def _write_while_waiting(self) -> None:
+        while True:
+            with self._lock:
+                batch, self._waiting = self._waiting, []
+                if not batch:
+                    self._writing = False
+                    return
+            error: BaseException | None = None
+            try:
+                self._write([row for rows, _ in batch for row in rows])
+            except BaseException as exc:  # noqa: BLE001 - handed to every waiting batch
+                error = exc
+            for _, waiter in batch:
+                waiter.error = error
+                waiter.done.set()
+
+
 class DeliveryRecord:
     """The record's table in its database (blocking calls)."""
 
@@ -161,12 +224,35 @@ class DeliveryRecord:
         if parsed.drivername in ("postgresql", "postgres"):
             parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3, as the schedule store
         self.engine: Engine = create_engine(parsed, pool_pre_ping=parsed.get_backend_name() != "sqlite")
+        self._file: str | None = None  # the SQLite file (None for a server database)
+        self._group = GroupCommit(self._write_sqlite)
+        self.dev: int | None = None  # the device of its folder, once open
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            self._file = self.engine.url.database
 
     def open(self) -> None:
         """Create the table and its indexes when missing."""
         metadata.create_all(self.engine)
+        if self._file:
+            self.dev = os.stat(os.path.dirname(os.path.abspath(self._file))).st_dev
+
+    def flush(self, synced_devs: set[int]) -> None:
+        """Make committed rows durable: nothing to do when a syncfs of the record's filesystem just
+        ran (`synced_devs`) or for a server database; else one fsync of the SQLite WAL.
+        """
+        if not self._file or self.dev in synced_devs:
+            return
+        try:
+            fd = os.open(self._file + "-wal", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = os.open(self._file, os.O_RDONLY | os.O_CLOEXEC)  # checkpointed meanwhile: the rows are there
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise RecordUnavailable(f"the delivery record cannot be flushed: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         """Release the connections."""
@@ -176,12 +262,29 @@ class DeliveryRecord:
         """Insert `entries` in one transaction; RecordUnavailable when the database refuses."""
         if not entries:
             return
-        rows = [{k: v for k, v in entry.__dict__.items() if k != "id"} for entry in entries]
         try:
-            with self.engine.begin() as conn:
-                conn.execute(insert(deliveries), rows)
+            if self._file:
+                self._group.submit([tuple(getattr(entry, column) for column in COLUMNS) for entry in entries])
+            else:
+                rows = [{column: getattr(entry, column) for column in COLUMNS} for entry in entries]
+                with self.engine.begin() as conn:
+                    conn.execute(insert(deliveries), rows)
         except Exception as exc:
             raise RecordUnavailable(f"the delivery record cannot be written: {_first_line(exc)}") from exc
+
+    def _write_sqlite(self, rows: list[tuple[Any, ...]]) -> None:
+        # The hot path of every batch: one executemany on the driver's connection. Measured for 2,000
+        # rows: 29 ms in batches of 64 and 350 ms one by one, against 80 ms and 977 ms through Core.
+        conn = self.engine.raw_connection()
+        try:
+            cursor = conn.cursor()
+            cursor.executemany(_INSERT_SQLITE, rows)
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            conn.close()
 
     def has_delivery(self, path: str, target: str) -> bool:
         """True when a `delivered` row of `path` to `target` exists (a crash came after the record)."""

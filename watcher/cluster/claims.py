@@ -40,13 +40,20 @@ def claims_root(inbox: Path, replica: str) -> Path:
     return inbox / RESERVED / replica / CLAIMS
 
 
-def _open_folder_beneath(base: Path, parts: list[str]) -> int:
-    """An fd of ``base/parts…``, following no symlink below `base` (OSError ELOOP/ENOTDIR/ENOENT)."""
+def _open_folder_beneath(base: Path, parts: list[str], make: bool = False) -> int:
+    """An fd of ``base/parts…``, following no symlink below `base` (OSError ELOOP/ENOTDIR/ENOENT);
+    with `make`, missing folders are made on the way.
+    """
     fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for part in parts:
             if part in ("", ".", ".."):
                 raise OSError(errno.EINVAL, f"bad path segment {part!r}")
+            if make:
+                try:
+                    os.mkdir(part, dir_fd=fd)
+                except FileExistsError:
+                    pass
             nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
             os.close(fd)
             fd = nfd
@@ -89,26 +96,6 @@ def claim(inbox: Path, root: Path, rel: str) -> bool:
         os.close(folder)
 
 
-def _make_folder_beneath(base: Path, parts: list[str]) -> int:
-    """An fd of ``base/parts…``, made where missing, following no symlink below `base`."""
-    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for part in parts:
-            if part in ("", ".", ".."):
-                raise OSError(errno.EINVAL, f"bad path segment {part!r}")
-            try:
-                os.mkdir(part, dir_fd=fd)
-            except FileExistsError:
-                pass
-            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
 def hand_back(root: Path, inbox: Path, rel: str) -> bool:
     """Put the claim ``root/rel`` back at ``inbox/rel`` (link, then unlink); True when it is done.
 
@@ -118,7 +105,7 @@ def hand_back(root: Path, inbox: Path, rel: str) -> bool:
     src = root / rel
     parts = rel.split("/")
     try:
-        folder = _make_folder_beneath(inbox, parts[:-1])
+        folder = _open_folder_beneath(inbox, parts[:-1], make=True)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             return False

@@ -55,6 +55,8 @@ class Metrics:
     oldest_pending: Gauge
     pending_files: Gauge
     cluster_leader: Gauge
+    cluster_replicas: Gauge
+    cluster_oldest_claim_age: Gauge
     job_runs: Counter
     job_last_success: Gauge
     build_info: Info
@@ -138,6 +140,19 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         cluster_leader=Gauge(
             "watcher_cluster_leader",
             "1 on the replica that holds the schedule (cluster mode), else 0.",
+            registry=reg,
+        ),
+        cluster_replicas=Gauge(
+            "watcher_cluster_replicas",
+            "Live replicas of the cluster, as this replica last saw them in PostgreSQL (cluster mode); "
+            "0 without cluster mode or while this replica does not hold its own id.",
+            registry=reg,
+        ),
+        cluster_oldest_claim_age=Gauge(
+            "watcher_cluster_oldest_claim_age_seconds",
+            "Age of the oldest claim in each replica's claims folder under <inbox>/.watcher/, by the "
+            "replica that owns the folder (cluster mode; 0 when it holds none).",
+            ["replica"],
             registry=reg,
         ),
         job_runs=Counter(

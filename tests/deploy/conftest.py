@@ -18,11 +18,14 @@ DEPLOY = REPO / "deploy"
 KUSTOMIZE = DEPLOY / "kubernetes"
 
 # Every variant that is rendered and validated: the base (`kubectl kustomize deploy/kubernetes`), the base
-# with the Prometheus Operator component, and the network-filesystem example overlay.
+# with the Prometheus Operator component, the network-filesystem example overlay, and the two overlays
+# of several replicas (cluster mode on one shared volume; independent shards, a volume each).
 VARIANTS: dict[str, Path] = {
     "base": KUSTOMIZE,
     "with-prometheus-operator": KUSTOMIZE / "overlays" / "with-prometheus-operator",
     "network-filesystem": KUSTOMIZE / "overlays" / "network-filesystem",
+    "cluster": KUSTOMIZE / "overlays" / "cluster",
+    "sharded": KUSTOMIZE / "overlays" / "sharded",
 }
 
 

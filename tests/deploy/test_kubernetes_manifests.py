@@ -19,7 +19,9 @@ pytestmark = pytest.mark.deploy
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
-VARIANT_NAMES = ["base", "with-prometheus-operator", "network-filesystem"]
+VARIANT_NAMES = ["base", "with-prometheus-operator", "network-filesystem", "cluster", "sharded"]
+# The overlays of several replicas: a StatefulSet of three, built from the base's pod.
+REPLICATED = ["cluster", "sharded"]
 
 # The oldest Kubernetes minor still served by the main providers, and the newest the installed
 # kubernetes-validate knows: the manifests must be valid for both.
@@ -43,9 +45,16 @@ def all_of(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [o for o in objects if o["kind"] == kind]
 
 
+def workload(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The one object that runs the pods: the base's Deployment, or the StatefulSet of an overlay."""
+    found = [o for o in objects if o["kind"] in {"Deployment", "StatefulSet"}]
+    assert len(found) == 1, f"expected one Deployment or StatefulSet, found {[o['kind'] for o in found]}"
+    return found[0]
+
+
 def settings_of(objects: list[dict[str, Any]]) -> dict[str, str]:
-    """The WATCHER_* variables that the Deployment's envFrom ConfigMap gives the container."""
-    container = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    """The WATCHER_* variables that the workload's envFrom ConfigMap gives the container."""
+    container = workload(objects)["spec"]["template"]["spec"]["containers"][0]
     names = [src["configMapRef"]["name"] for src in container.get("envFrom", []) if "configMapRef" in src]
     assert len(names) == 1, "the settings must come from one ConfigMap through envFrom"
     maps = {o["metadata"]["name"]: o for o in all_of(objects, "ConfigMap")}
@@ -56,7 +65,7 @@ def settings_of(objects: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def pod_spec(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    spec = one(objects, "Deployment")["spec"]["template"]["spec"]
+    spec = workload(objects)["spec"]["template"]["spec"]
     assert isinstance(spec, dict)
     return spec
 
@@ -67,6 +76,31 @@ def watcher_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
     container = containers[0]
     assert isinstance(container, dict)
     return container
+
+
+def env_of(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The container's `env` entries by name (the variables that do not come from the ConfigMap)."""
+    return {e["name"]: e for e in watcher_container(objects).get("env", [])}
+
+
+def storage_of(objects: list[dict[str, Any]], path: str) -> tuple[str, tuple[str, ...], bool]:
+    """Where `path` lives: (volume name, its access modes, whether each pod has a claim of its own).
+
+    The volume is the one mounted at `path` or at its nearest parent; a claim of its own per pod is a
+    StatefulSet's volumeClaimTemplate, a shared one a PersistentVolumeClaim that is rendered.
+    """
+    mounts = {m["mountPath"]: m["name"] for m in watcher_container(objects)["volumeMounts"]}
+    holders = [m for m in mounts if path == m or path.startswith(m.rstrip("/") + "/")]
+    assert holders, f"{path} is on no mounted volume (the container's root filesystem is read-only)"
+    name = mounts[max(holders, key=len)]
+    templates = {t["metadata"]["name"]: t for t in workload(objects)["spec"].get("volumeClaimTemplates", [])}
+    if name in templates:
+        return name, tuple(templates[name]["spec"]["accessModes"]), True
+    volume = {v["name"]: v for v in pod_spec(objects)["volumes"]}[name]
+    claim = volume["persistentVolumeClaim"]["claimName"]
+    claims = {o["metadata"]["name"]: o for o in all_of(objects, "PersistentVolumeClaim")}
+    assert claim in claims, f"{path} mounts claim {claim}, which is not rendered"
+    return name, tuple(claims[claim]["spec"]["accessModes"]), False
 
 
 # ---------------------------------------------------------------------------------------------- render
@@ -90,7 +124,7 @@ def test_rendered_objects_validate_strictly(
         except kv.SchemaNotFoundError as exc:
             pytest.fail(f"{variant}: {name}: {exc.message} (only {sorted(CRD_KINDS)} may lack a schema)")
         checked += 1
-    assert checked >= 7
+    assert checked >= 6
 
 
 def test_strict_validation_rejects_an_unknown_field(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -150,8 +184,11 @@ def test_grace_period_outlasts_the_shutdown_timeout(rendered: dict[str, list[dic
     assert grace == 45
 
 
-def test_pod_meets_the_restricted_pod_security_standard(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    spec = pod_spec(rendered["base"])
+@pytest.mark.parametrize("variant", VARIANT_NAMES)
+def test_pod_meets_the_restricted_pod_security_standard(
+    rendered: dict[str, list[dict[str, Any]]], variant: str
+) -> None:
+    spec = pod_spec(rendered[variant])
     pod_sc = spec["securityContext"]
     assert pod_sc["runAsNonRoot"] is True
     for key in ("runAsUser", "runAsGroup", "fsGroup"):
@@ -183,8 +220,11 @@ def test_pod_meets_the_restricted_pod_security_standard(rendered: dict[str, list
         assert types <= restricted_volume_types, f"volume {volume['name']}: {types}"
 
 
-def test_probes_use_the_health_endpoints_on_the_http_port(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    container = watcher_container(rendered["base"])
+@pytest.mark.parametrize("variant", VARIANT_NAMES)
+def test_probes_use_the_health_endpoints_on_the_http_port(
+    rendered: dict[str, list[dict[str, Any]]], variant: str
+) -> None:
+    container = watcher_container(rendered[variant])
     ports = {p["name"]: p for p in container["ports"]}
     assert ports["http"]["containerPort"] == 8080
     assert ports["http"]["protocol"] == "TCP"
@@ -203,8 +243,21 @@ def test_probes_use_the_health_endpoints_on_the_http_port(rendered: dict[str, li
     assert budget >= 600, f"the startup probe allows only {budget}s for the start-up walk of a large inbox"
 
 
-def test_container_settings_volumes_and_resources(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    objects = rendered["base"]
+# Where each folder lives, per variant: (access mode, a claim per pod). The base: three ReadWriteOnce claims
+# (the failed dir is <state dir>/failed). Cluster: inbox, outbox and failed dir on one ReadWriteMany claim
+# that every pod mounts, the state on a claim per pod. Sharded: everything on claims of each pod's own.
+STORAGE = {
+    "base": {"inbox": ("ReadWriteOnce", False), "outbox": ("ReadWriteOnce", False), "state": ("ReadWriteOnce", False)},
+    "cluster": {"inbox": ("ReadWriteMany", False), "outbox": ("ReadWriteMany", False),
+                "failed": ("ReadWriteMany", False), "state": ("ReadWriteOnce", True)},
+    "sharded": {"inbox": ("ReadWriteOnce", True), "outbox": ("ReadWriteOnce", True),
+                "failed": ("ReadWriteOnce", True), "state": ("ReadWriteOnce", True)},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", list(STORAGE))
+def test_container_settings_volumes_and_resources(rendered: dict[str, list[dict[str, Any]]], variant: str) -> None:
+    objects = rendered[variant]
     container = watcher_container(objects)
     settings = settings_of(objects)
 
@@ -212,15 +265,19 @@ def test_container_settings_volumes_and_resources(rendered: dict[str, list[dict[
     for section in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(resources[section]), section
 
+    folders = {
+        "inbox": settings["WATCHER_INBOX"],
+        "outbox": settings["WATCHER_OUTBOX"],
+        "state": settings["WATCHER_STATE_DIR"],
+        "failed": settings.get("WATCHER_FAILED_DIR", settings["WATCHER_STATE_DIR"] + "/failed"),
+    }
+    for folder, (mode, per_pod) in STORAGE[variant].items():
+        _, modes, own = storage_of(objects, folders[folder])
+        assert (modes, own) == ((mode,), per_pod), f"{variant}: {folder} ({folders[folder]})"
+    if variant != "base":  # one volume for inbox and outbox: a delivery links the file, never copies it
+        assert storage_of(objects, folders["inbox"])[0] == storage_of(objects, folders["outbox"])[0]
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod_spec(objects)["volumes"]}
-    claims = {o["metadata"]["name"]: o for o in all_of(objects, "PersistentVolumeClaim")}
-    for key in ("WATCHER_INBOX", "WATCHER_OUTBOX", "WATCHER_STATE_DIR"):
-        path = settings[key]
-        assert path in mounts, f"{key}={path} is not a mounted volume"
-        claim = volumes[mounts[path]]["persistentVolumeClaim"]["claimName"]
-        assert claim in claims, f"{key} mounts claim {claim}, which is not rendered"
-        assert claims[claim]["spec"]["accessModes"] == ["ReadWriteOnce"]
     assert "emptyDir" in volumes[mounts["/tmp"]], "a read-only root filesystem needs a writable /tmp"
 
     assert settings["WATCHER_HTTP_HOST"] == "0.0.0.0"
@@ -237,22 +294,42 @@ def test_settings_are_known_and_accepted_names(rendered: dict[str, list[dict[str
         assert not unknown, f"{variant}: the ConfigMap sets unknown settings {sorted(unknown)}"
 
 
-def test_api_token_comes_from_an_optional_secret(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    env = {e["name"]: e for e in watcher_container(rendered["base"]).get("env", [])}
+@pytest.mark.parametrize("variant", VARIANT_NAMES)
+def test_api_token_comes_from_an_optional_secret(rendered: dict[str, list[dict[str, Any]]], variant: str) -> None:
+    env = env_of(rendered[variant])
     ref = env["WATCHER_API_TOKEN"]["valueFrom"]["secretKeyRef"]
     assert ref == {"name": "watcher-api-token", "key": "token", "optional": True}
     assert "value" not in env["WATCHER_API_TOKEN"]
 
 
-@pytest.mark.parametrize("variant", ["base", "network-filesystem"])
+# What the cluster's Secret and the downward API give the container, for `watcher check-config`.
+FROM_THE_POD = {
+    ("secretKeyRef", "watcher-jobstore"): "postgresql://watcher:secret@db.example:5432/watcher",
+    ("fieldRef", "metadata.name"): "watcher-0",
+}
+
+
+@pytest.mark.parametrize("variant", ["base", "network-filesystem", "cluster", "sharded"])
 def test_watcher_accepts_the_rendered_settings(
     rendered: dict[str, list[dict[str, Any]]], variant: str, tmp_path: Path
 ) -> None:
-    # The ConfigMap as the container sees it, with /data moved under tmp_path, through `watcher check-config`.
+    # The ConfigMap and env as the container sees them, with /data moved under tmp_path, through
+    # `watcher check-config`. The API token's Secret is optional, and left out.
     env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHER_")}
     for key, value in settings_of(rendered[variant]).items():
         env[key] = str(tmp_path) + value if value.startswith("/data/") else value
+    for name, entry in env_of(rendered[variant]).items():
+        source = entry["valueFrom"]
+        ref = source.get("secretKeyRef", {}).get("name") or source.get("fieldRef", {}).get("fieldPath")
+        stand_in = (str(next(iter(source))), str(ref))
+        if stand_in in FROM_THE_POD:
+            env[name] = FROM_THE_POD[stand_in]
+        else:
+            assert source.get("secretKeyRef", {}).get("optional"), f"{variant}: {name} has no stand-in here"
     (tmp_path / "data").mkdir()  # the image has /data, where the volumes are mounted
+    for mount in watcher_container(rendered[variant])["volumeMounts"]:
+        if mount["mountPath"].startswith("/data/"):
+            (tmp_path / mount["mountPath"].lstrip("/")).mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
         [sys.executable, "-m", "watcher", "check-config"],
         env=env,
@@ -297,6 +374,92 @@ def test_network_filesystem_overlay_polls_and_settles_longer(rendered: dict[str,
     # a changed ConfigMap gets a new hashed name, and the Deployment follows it
     base_name = one(rendered["base"], "ConfigMap")["metadata"]["name"]
     assert one(rendered["network-filesystem"], "ConfigMap")["metadata"]["name"] != base_name
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a label selector (matchLabels only: these manifests use nothing else) selects `labels`."""
+    assert set(selector) == {"matchLabels"}, selector
+    return bool(selector["matchLabels"]) and selector["matchLabels"].items() <= labels.items()
+
+
+@pytest.mark.parametrize("variant", REPLICATED)
+def test_replicated_overlays_run_a_statefulset_of_three(
+    rendered: dict[str, list[dict[str, Any]]], variant: str
+) -> None:
+    objects = rendered[variant]
+    assert not all_of(objects, "Deployment"), "the StatefulSet replaces the base's Deployment"
+    sts = one(objects, "StatefulSet")
+    spec = sts["spec"]
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["replicas"] == 3
+    assert selects(spec["selector"], labels)
+    assert spec["podManagementPolicy"] == "Parallel", "replicas are peers: no start order"
+    assert spec.get("updateStrategy", {"type": "RollingUpdate"})["type"] == "RollingUpdate"
+
+    # The headless Service that governs it, and still one Service with the port `http` for clients
+    # and the ServiceMonitor (which selects Services by label and scrapes the port named `http`).
+    services = {o["metadata"]["name"]: o for o in all_of(objects, "Service")}
+    governing = services[spec["serviceName"]]["spec"]
+    assert governing["clusterIP"] == "None"
+    assert governing["selector"].items() <= labels.items()
+    with_http = [n for n, svc in services.items() if "http" in {p["name"] for p in svc["spec"]["ports"]}]
+    assert with_http == ["watcher"], "a second Service with a port `http` would be scraped twice"
+
+    budget = one(objects, "PodDisruptionBudget")["spec"]
+    assert selects(budget["selector"], labels), "the PodDisruptionBudget must select the pods"
+    assert budget["maxUnavailable"] == 1 and "minAvailable" not in budget
+
+    spread = {c["topologyKey"]: c for c in spec["template"]["spec"]["topologySpreadConstraints"]}
+    across_nodes = spread["kubernetes.io/hostname"]
+    assert selects(across_nodes["labelSelector"], labels)
+    assert across_nodes["maxSkew"] == 1 and across_nodes["whenUnsatisfiable"] == "DoNotSchedule"
+    assert across_nodes["nodeTaintsPolicy"] == "Honor", "a cordoned node must not block a reschedule"
+
+    # Each pod: its own state (the job database of the sharded pods; each replica's own in a cluster).
+    templates = {t["metadata"]["name"]: t for t in spec["volumeClaimTemplates"]}
+    assert templates["state"]["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert settings_of(objects)["WATCHER_STATE_DIR"] == "/data/state"
+    for template in templates.values():
+        assert template["metadata"]["labels"]["app.kubernetes.io/name"] == "watcher"
+
+
+def test_cluster_overlay_shares_one_volume_and_postgresql(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objects = rendered["cluster"]
+    settings = settings_of(objects)
+    assert settings["WATCHER_CLUSTER"] == "true"
+    assert "WATCHER_JOBSTORE_URL" not in settings, "the PostgreSQL URL holds a password: a Secret, never a ConfigMap"
+    assert "WATCHER_REPLICA_ID" not in settings
+
+    env = env_of(objects)
+    url = env["WATCHER_JOBSTORE_URL"]
+    assert "value" not in url
+    assert url["valueFrom"]["secretKeyRef"]["name"] == "watcher-jobstore"
+    assert url["valueFrom"]["secretKeyRef"]["key"] == "url"
+    assert not url["valueFrom"]["secretKeyRef"].get("optional", False), "cluster mode cannot run without it"
+    replica = env["WATCHER_REPLICA_ID"]
+    assert replica["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}, "the pod's name is its id"
+
+    # Inbox, outbox and failed dir on one ReadWriteMany claim that every pod mounts.
+    shared = {storage_of(objects, settings[key]) for key in ("WATCHER_INBOX", "WATCHER_OUTBOX", "WATCHER_FAILED_DIR")}
+    assert len(shared) == 1
+    _, modes, per_pod = next(iter(shared))
+    assert modes == ("ReadWriteMany",) and not per_pod
+    assert [o["metadata"]["name"] for o in all_of(objects, "PersistentVolumeClaim")] == ["watcher-files"]
+
+
+def test_sharded_overlay_gives_each_pod_its_own_volume(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objects = rendered["sharded"]
+    settings = settings_of(objects)
+    env = env_of(objects)
+    assert settings.get("WATCHER_CLUSTER", "false") == "false"
+    assert "WATCHER_CLUSTER" not in env and "WATCHER_JOBSTORE_URL" not in env and "WATCHER_JOBSTORE_URL" not in settings
+    assert not all_of(objects, "PersistentVolumeClaim"), "no claim is shared: every one is a pod's own"
+    templates = workload(objects)["spec"]["volumeClaimTemplates"]
+    assert sorted(t["metadata"]["name"] for t in templates) == ["files", "state"]
+    for template in templates:
+        assert template["spec"]["accessModes"] == ["ReadWriteOnce"]
+    files = {storage_of(objects, settings[key]) for key in ("WATCHER_INBOX", "WATCHER_OUTBOX", "WATCHER_FAILED_DIR")}
+    assert files == {("files", ("ReadWriteOnce",), True)}
 
 
 def test_prometheus_operator_component(rendered: dict[str, list[dict[str, Any]]]) -> None:

@@ -29,6 +29,8 @@ EXPECTED_ALERTS = {
     "WatcherObserverPolling",
     "WatcherJobFailing",
     "WatcherJobStale",
+    "WatcherClusterNoLeader",
+    "WatcherClusterClaimTooOld",
 }
 
 

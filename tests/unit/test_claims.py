@@ -9,6 +9,7 @@ import pytest
 
 from watcher.cluster.claims import (
     claim,
+    claim_ages,
     claimed,
     claimed_by,
     claims_root,
@@ -64,6 +65,19 @@ def test_hand_back_never_replaces_a_newer_file(tmp_path: Path) -> None:
     os.link(root / "same.csv", inbox / "same.csv")
     assert hand_back_all(root, inbox) == (1, 0)
     assert not list(claimed(root)) and not (root / "d").exists()
+
+
+def test_claim_ages_count_from_the_claim_not_from_the_producers_mtime(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    (inbox / "a").mkdir(parents=True)
+    (inbox / "a" / "x.csv").write_bytes(b"x")
+    os.utime(inbox / "a" / "x.csv", (1e9, 1e9))  # an old mtime, as `cp -p` or `rsync -a` keep it
+    assert claim(inbox, claims_root(inbox, "r1"), "a/x.csv")
+    claims_root(inbox, "r2").mkdir(parents=True)  # a replica that holds nothing
+    claimed_at = os.lstat(claims_root(inbox, "r1") / "a" / "x.csv").st_ctime
+    assert claim_ages(inbox, claimed_at + 90) == {"r1": pytest.approx(90), "r2": 0.0}
+    assert claim_ages(inbox, claimed_at - 5) == {"r1": 0.0, "r2": 0.0}, "a clock behind the file server's"
+    assert claim_ages(tmp_path / "no-inbox", claimed_at) == {}
 
 
 def test_the_reserved_folder_is_never_a_file_to_deliver() -> None:

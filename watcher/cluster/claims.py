@@ -132,8 +132,10 @@ def hand_back(root: Path, inbox: Path, rel: str) -> bool:
     return True
 
 
-def claimed(root: Path) -> Iterator[str]:
-    """The inbox-relative paths of every claim under `root` (symlinks neither followed nor listed)."""
+def _claim_entries(root: Path) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """(inbox-relative path, directory entry) of every claim under `root` (symlinks neither followed
+    nor listed).
+    """
     stack = [""]
     while stack:
         rel_dir = stack.pop()
@@ -148,9 +150,37 @@ def claimed(root: Path) -> Iterator[str]:
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(rel)
                     elif entry.is_file(follow_symlinks=False):
-                        yield rel
+                        yield rel, entry
                 except OSError:
                     continue
+
+
+def claimed(root: Path) -> Iterator[str]:
+    """The inbox-relative paths of every claim under `root` (symlinks neither followed nor listed)."""
+    for rel, _ in _claim_entries(root):
+        yield rel
+
+
+def oldest_claim_age(root: Path, now: float) -> float:
+    """Seconds since the oldest claim under `root` was made (0.0 when there is none), at wall time `now`.
+
+    A claim's age is its inode change time: the rename that made the claim sets it, whereas the
+    modification time is the producer's (``cp -p`` and ``rsync -a`` keep an old one). A claim gone
+    while it was looked at does not count; a clock behind the file server's gives 0, never less.
+    """
+    oldest: float | None = None
+    for _, entry in _claim_entries(root):
+        try:
+            changed = entry.stat(follow_symlinks=False).st_ctime
+        except OSError:
+            continue
+        oldest = changed if oldest is None else min(oldest, changed)
+    return 0.0 if oldest is None else max(0.0, now - oldest)
+
+
+def claim_ages(inbox: Path, now: float) -> dict[str, float]:
+    """For every replica with a folder under ``<inbox>/.watcher/``: the age of its oldest claim (0.0 for none)."""
+    return {replica: oldest_claim_age(claims_root(inbox, replica), now) for replica in replicas_with_claims(inbox)}
 
 
 def hand_back_all(root: Path, inbox: Path) -> tuple[int, int]:

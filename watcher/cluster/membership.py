@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import make_url
 
-from watcher.cluster.claims import claims_root, hand_back_all, prune_empty, replicas_with_claims
+from watcher.cluster.claims import claim_ages, claims_root, hand_back_all, prune_empty, replicas_with_claims
 from watcher.config import ConfigError, Settings
 from watcher.logging import get_logger
 from watcher.metrics import Metrics
@@ -97,6 +97,7 @@ class Membership:
         self.detail = "not started"
         self._last_adopt = 0.0
         self._stepped_down = False  # stopping: never lead again in this process
+        self._claim_folders: set[str] = set()  # the replica labels of watcher_cluster_oldest_claim_age_seconds
 
     # ---- the dedicated connection --------------------------------------------------------------
 
@@ -196,6 +197,8 @@ class Membership:
             leader = LEADER_KEY in held or (not self._stepped_down and await self._try_lock(LEADER_KEY))
             self.ok, self.detail = True, f"holds replica id {self.replica}" + (", leader" if leader else "")
             self._set_leader(leader)
+            _, live = await self.replicas()
+            self.metrics.cluster_replicas.set(len(live))
         except (psycopg.Error, OSError, TimeoutError) as exc:
             self._lost(exc)
             return
@@ -210,6 +213,7 @@ class Membership:
 
     def _lost(self, exc: BaseException) -> None:
         self._set_leader(False)  # first: a replica that may have lost its lock never runs the schedule
+        self.metrics.cluster_replicas.set(0.0)  # it cannot see the others now
         why = next(iter(str(exc).strip().splitlines()), "") or type(exc).__name__
         if self.ok:
             log.error("cluster.lock_lost", replica=self.replica, error=why, action="reconnecting every 2 s")
@@ -233,9 +237,10 @@ class Membership:
         return {(int(c) << 32) | int(o) for c, o in rows}
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Beat every HEARTBEAT seconds until `stop` is set."""
+        """Beat every HEARTBEAT seconds until `stop` is set; measure the claims' ages as often."""
         while not stop.is_set():
             await self.beat()
+            await self.measure_claims()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), HEARTBEAT)
 
@@ -269,7 +274,22 @@ class Membership:
         """The readiness check ``cluster``."""
         return self.ok, self.detail
 
-    # ---- claims of replicas that are gone -----------------------------------------------------
+    # ---- claims ------------------------------------------------------------------------------
+
+    async def measure_claims(self) -> None:
+        """Set ``watcher_cluster_oldest_claim_age_seconds{replica}`` for every claims folder in the
+        shared inbox: this replica's own (a transfer running or waiting for its retry) and any other's,
+        alive, or gone with claims that could not be handed back. One stat per claim, in a thread.
+        """
+        ages = await asyncio.to_thread(claim_ages, self.settings.inbox, time.time())
+        ages.setdefault(self.replica, 0.0)
+        gauge = self.metrics.cluster_oldest_claim_age
+        for gone in self._claim_folders - ages.keys():
+            with contextlib.suppress(KeyError):
+                gauge.remove(gone)
+        for replica, age in ages.items():
+            gauge.labels(replica=replica).set(age)
+        self._claim_folders = set(ages)
 
     async def finish_own_claims(self) -> None:
         """At start (our id lock held): hand our previous run's claims back to the inbox."""

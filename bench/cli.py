@@ -1,16 +1,20 @@
 """Command line of the benchmark: ``python -m bench [--smoke] [--reps N] [--workloads ...] [--subjects ...]``.
 
 Repetitions are interleaved (repetition 1 of every subject, then repetition 2, ...) so that slow drift of
-the machine (page cache, disk write-back) spreads over all subjects instead of biasing one.
+the machine (page cache, disk write-back) spreads over all subjects instead of biasing one. The cluster
+workloads (``cluster``, ``failover``) run the cluster subjects against one PostgreSQL server started for
+the whole run; ``--smoke`` leaves them out unless they are named in ``--workloads``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -18,7 +22,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from types import FrameType
 
-from bench import harness, report, subjects
+from bench import harness, postgres, report, subjects
 from bench.harness import RunResult
 from bench.report import Summary
 from bench.workloads import FULL, SMOKE, WORKLOADS, Config, Workload
@@ -29,20 +33,24 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SUBJECT_KEYS = {
     "watcher": subjects.WATCHER,
     "limit": subjects.LIMIT,
+    "limit-durable": subjects.LIMIT_DURABLE,
     "inotifywait": subjects.INOTIFYWAIT,
-    "watcher-info": subjects.WATCHER_INFO,
+    "watcher-warning": subjects.WATCHER_WARNING,
     "cp-sync": subjects.CP_SYNC,
     "watcher-base": subjects.WATCHER_BASE,  # only with --base-commit
+    "cluster-1": subjects.CLUSTER_1,
+    "cluster-2": subjects.CLUSTER_2,
+    "cluster-3": subjects.CLUSTER_3,
 }
 DEFAULT_SUBJECTS = [k for k in SUBJECT_KEYS if k != "watcher-base"]
-INFO_WORKLOADS = frozenset({"trickle", "burst"})  # the log-level-info variant runs only where it matters
+WORKLOAD_GROUPS = {"big": ["big_same_fs", "big_other_fs"], "backlog": ["backlog_small", "backlog_large"]}
 
 
 def _applies(subject: subjects.Subject, workload: Workload) -> str | None:
     """None if ``subject`` runs ``workload``; otherwise the status to show (or "" to show nothing)."""
-    if subject.kind == harness.CP_SYNC:
-        return None if workload.key == "big_other_fs" else ""
-    if subject.name == subjects.WATCHER_INFO.name and workload.key not in INFO_WORKLOADS:
+    if workload.cluster != (subject.kind == "cluster"):
+        return ""
+    if subject.workloads is not None and workload.key not in subject.workloads:
         return ""
     if workload.backlog and not subject.can_backlog:
         return "n/a: an inotify loop does not see files present before it starts"
@@ -60,8 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, help="repetitions per subject and workload (default 3, smoke 1)")
     p.add_argument(
         "--workloads",
-        default=",".join(w.key for w in WORKLOADS),
-        help="comma-separated subset of: " + ", ".join(w.key for w in WORKLOADS),
+        help="comma-separated subset of: "
+        + ", ".join(w.key for w in WORKLOADS)
+        + "; `big` and `backlog` name both of theirs (default: all; with --smoke all but cluster and failover)",
     )
     p.add_argument(
         "--subjects",
@@ -92,6 +101,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.base_commit and "watcher-base" not in keys:
         keys.append("watcher-base")
     args.subjects = ",".join(keys)
+    if args.workloads is None:
+        args.workloads = ",".join(w.key for w in WORKLOADS if not (args.smoke and w.cluster))
+    names = [n for k in args.workloads.split(",") if k for n in WORKLOAD_GROUPS.get(k, [k])]
+    if unknown := [k for k in names if k not in {w.key for w in WORKLOADS}]:
+        p.error(f"unknown workload(s): {', '.join(unknown)}")
+    args.workloads = ",".join(names)
     return args
 
 
@@ -128,12 +143,11 @@ def main(argv: list[str] | None = None) -> int:
                 description=f"`python -m watcher run` (fsync on) from `git archive {commit[:7]}` ({title[:80]})",
             )
             chosen = [base_as_run if s is base else s for s in chosen]
-        if args.snapshot and any(s.kind == "watcher" and s.root == subjects.REPO for s in chosen):
+        service = ("watcher", "cluster")
+        if args.snapshot and any(s.kind in service and s.root == subjects.REPO for s in chosen):
             harness.WORK_ROOT.mkdir(parents=True, exist_ok=True)
             snapshot = subjects.snapshot_watcher(Path(tempfile.mkdtemp(prefix="snapshot-", dir=harness.WORK_ROOT)))
-            chosen = [
-                replace(s, root=snapshot) if s.kind == "watcher" and s.root == subjects.REPO else s for s in chosen
-            ]
+            chosen = [replace(s, root=snapshot) if s.kind in service and s.root == subjects.REPO else s for s in chosen]
         return _run(args, cfg, workloads, chosen, snapshot, base_name)
     finally:
         for folder in (snapshot, base_snapshot):
@@ -150,9 +164,41 @@ def _run(
     base_name: str | None = None,
 ) -> int:
     unavailable = {s.name: reason for s in chosen if (reason := s.available())}
-    for name, reason in unavailable.items():
-        log.warning("%s: %s", name, reason)
+    with contextlib.ExitStack() as stack:
+        chosen = _with_postgres(stack, workloads, chosen, unavailable)
+        for name, reason in unavailable.items():
+            log.warning("%s: %s", name, reason)
+        return _run_all(args, cfg, workloads, chosen, snapshot, unavailable, base_name)
 
+
+def _with_postgres(
+    stack: contextlib.ExitStack,
+    workloads: list[Workload],
+    chosen: list[subjects.Subject],
+    unavailable: dict[str, str],
+) -> list[subjects.Subject]:
+    """Start the PostgreSQL server if a cluster subject will run; ``chosen`` with its URL in their env."""
+    wanted = [s for s in chosen if s.name not in unavailable and any(_applies(s, w) is None for w in workloads)]
+    if not any(s.kind == "cluster" for s in wanted):
+        return chosen
+    try:
+        url = stack.enter_context(postgres.server(harness.WORK_ROOT, subjects.free_port()))
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        unavailable.update({s.name: f"not runnable: PostgreSQL: {exc}" for s in chosen if s.kind == "cluster"})
+        return chosen
+    log.info("PostgreSQL for the cluster subjects at %s", url)
+    return [replace(s, env={**s.env, "WATCHER_JOBSTORE_URL": url}) if s.kind == "cluster" else s for s in chosen]
+
+
+def _run_all(
+    args: argparse.Namespace,
+    cfg: Config,
+    workloads: list[Workload],
+    chosen: list[subjects.Subject],
+    snapshot: Path | None,
+    unavailable: dict[str, str],
+    base_name: str | None = None,
+) -> int:
     started = time.monotonic()
     load_at_start = os.getloadavg()
     runs: dict[tuple[str, str], list[RunResult]] = {}
@@ -176,13 +222,16 @@ def _run(
                     result = harness.run_one(subject, workload, cfg, rep, keep=args.keep)
                     runs[key].append(result)
                     log.info(
-                        "%-13s %-20s rep %d: %s files/s, p50 %s ms, time %s s, integrity %s%s",
+                        "%-13s %-20s rep %d: %s files/s, p50 %s ms, time %s s, ready %s s, CPU %s s%s, integrity %s%s",
                         workload.key,
                         subject.name,
                         rep + 1,
                         report.fmt(result.files_per_s),
                         report.fmt(result.lat_p50_ms),
                         report.fmt(result.span_s),
+                        report.fmt(result.ready_s),
+                        report.fmt(result.cpu_s),
+                        _failover_note(result),
                         "ok" if result.faults == 0 else f"{result.faults} faults",
                         f" ({result.error})" if result.error else "",
                     )
@@ -208,13 +257,15 @@ def _run(
         *load_at_start, *os.getloadavg()
     )
     mode = "smoke" if args.smoke else "full"
-    notes = {s.name: s.description for s in chosen}
+    shown = {key[0] for key in [*runs, *status]}
+    notes = {s.name: s.description for s in chosen if s.name in shown}
     compared: list[dict[str, object]] = []
     extra: list[str] = []
     if base_name is not None:
         machine["watcher_base_source"] = f"git archive of {base_name.removeprefix('watcher @')}"
         extra, compared = report.comparison(runs, subjects.WATCHER.name, base_name, [w.key for w in workloads])
-    md = report.markdown(summaries, targets, machine, cfg, mode, duration, notes, extra)
+    cluster_lines, cluster_json = report.cluster_section(runs)
+    md = report.markdown(summaries, targets, machine, cfg, mode, duration, notes, [*cluster_lines, *extra])
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.md").write_text(md)
@@ -229,6 +280,7 @@ def _run(
             "summary": [s.as_dict() for s in summaries],
             "targets": [t.as_dict() for t in targets],
             "comparison": compared,
+            "cluster": cluster_json,
             "runs": [r.as_dict() for rs in runs.values() for r in rs],
         },
     )
@@ -237,3 +289,14 @@ def _run(
     log.info("wrote %s, latest.json and latency.png", args.out / "latest.md")
     broken = [r for rs in runs.values() for r in rs if r.error]
     return 1 if broken or not runs else 0
+
+
+def _failover_note(result: RunResult) -> str:
+    if result.failover_claims_s is None and result.failover_leader_run_s is None:
+        return ""
+    return (
+        f", failover: {result.failover_claims_at_kill} claims done in {report.fmt(result.failover_claims_s)} s,"
+        f" new leader {report.fmt(result.failover_new_leader_s)} s,"
+        f" next job run {report.fmt(result.failover_leader_run_s)} s,"
+        f" empty {report.fmt(result.failover_drained_s)} s"
+    )

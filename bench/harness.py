@@ -2,27 +2,31 @@
 
 The order of a run: make the folders (under ``bench/.work``, on the same filesystem as the repository;
 the other-filesystem outbox under ``/dev/shm``), ``prepare`` the workload, ``sync`` so earlier runs' dirty
-pages do not land on this one, start the outbox observer, start the subject and wait until it is ready,
-``drive`` the workload, wait for every delivery (observed, not polled), wait until the inbox is empty,
-sample ``/proc``, stop the subject, check integrity, remove the folders.
+pages do not land on this one, start the outbox observer (and, for a durable workload, the inbox
+departures observer), start the subject and wait until it is ready, ``drive`` the workload, wait for
+every delivery (observed, not polled), wait until the inbox is empty, sample ``/proc``, stop the subject,
+check integrity, remove the folders. The startup workload only starts and stops the subject (several
+times, each on fresh folders); the failover workload hands the run to ``bench.cluster.failover``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import os
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench import integrity
-from bench.inotify import OutboxObserver
-from bench.subjects import REPO, Dirs, Subject
+from bench import cluster, integrity
+from bench.inotify import OutboxObserver, SourceDepartures
+from bench.subjects import REPO, Dirs, Started, Subject
 from bench.workloads import MIB, Config, Drive, Plan, Workload
 
 WORK_ROOT = REPO / "bench" / ".work"
@@ -49,6 +53,7 @@ class RunResult:
     peak_rss_mib: float | None = None
     cpu_s: float | None = None  # CPU of the subject from ready (backlog: from start) to drained
     cpu_total_s: float | None = None  # including start-up
+    cpu_per_1k_files_s: float | None = None  # cpu_s per 1000 files delivered
     idle_cpu_pct: float | None = None
     exit_code: int | None = None
     faults: int = 0
@@ -57,6 +62,13 @@ class RunResult:
     queue_overflows: int = 0
     found_by_scan: int = 0
     error: str | None = None
+    ready_each_s: list[float] = field(default_factory=list)  # startup: process start -> ready, every start
+    failover_claims_at_kill: int | None = None  # claims the killed follower held (planted included)
+    failover_claims_planted: int | None = None
+    failover_claims_s: float | None = None  # SIGKILL of a follower -> its claims done by the others
+    failover_new_leader_s: float | None = None  # SIGKILL of the leader -> GET /cluster names another
+    failover_leader_run_s: float | None = None  # SIGKILL of the leader -> next run of the interval job
+    failover_drained_s: float | None = None  # SIGKILL of the leader -> inbox and claims folders empty
     latencies_ms: list[float] = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict[str, object]:
@@ -134,10 +146,16 @@ def _deliver_timeout(plan: Plan) -> float:
 
 
 def _fill_delivery_measures(
-    result: RunResult, workload: Workload, plan: Plan, closed: dict[str, float], observer: OutboxObserver
+    result: RunResult,
+    workload: Workload,
+    plan: Plan,
+    closed: dict[str, float],
+    delivered_at: Callable[[str], float | None],
 ) -> None:
-    delivered = {n: t for n in plan.sizes if (t := observer.delivered_at(n)) is not None}
+    delivered = {n: t for n in plan.sizes if (t := delivered_at(n)) is not None}
     result.files, result.bytes = len(plan.sizes), plan.total_bytes
+    if result.cpu_s is not None and len(delivered) > 1:  # one big file: `CPU s` itself is the figure
+        result.cpu_per_1k_files_s = result.cpu_s / len(delivered) * 1000
     if not delivered:
         return
     last = max(delivered.values())
@@ -158,9 +176,17 @@ def _fill_delivery_measures(
         result.mib_per_s = sum(plan.sizes[n] for n in delivered) / MIB / result.span_s
 
 
+def start_subject(subject: Subject, dirs: Dirs) -> Started:
+    """Start ``subject`` on ``dirs``: one process, or the replicas of a cluster subject."""
+    return cluster.start(subject, dirs) if subject.kind == "cluster" else subject.start(dirs)
+
+
 def run_one(subject: Subject, workload: Workload, cfg: Config, rep: int, keep: bool = False) -> RunResult:
     """Run ``subject`` on ``workload`` once and measure it."""
     result = RunResult(subject=subject.name, workload=workload.key, rep=rep)
+    if workload.mode == "startup":
+        _run_startup(result, subject, workload, cfg, keep)
+        return result
     label = subject.kind.replace("+", "")
     dirs = make_dirs(workload, label)
     try:
@@ -168,6 +194,8 @@ def run_one(subject: Subject, workload: Workload, cfg: Config, rep: int, keep: b
         os.sync()
         if subject.kind == CP_SYNC:
             _run_cp_sync(result, workload, cfg, plan, dirs)
+        elif workload.mode == "failover":
+            _run_failover(result, subject, workload, cfg, plan, dirs)
         else:
             _run_subject(result, subject, workload, cfg, plan, dirs)
         report = integrity.check(dirs.inbox, dirs.outbox, plan.expected, plan.inbox_allowed)
@@ -182,14 +210,18 @@ def run_one(subject: Subject, workload: Workload, cfg: Config, rep: int, keep: b
 
 
 def _run_subject(result: RunResult, subject: Subject, workload: Workload, cfg: Config, plan: Plan, dirs: Dirs) -> None:
-    with OutboxObserver(dirs.outbox) as observer:
-        running = subject.start(dirs)
+    with contextlib.ExitStack() as stack:
+        observer = stack.enter_context(OutboxObserver(dirs.outbox))
+        departures = stack.enter_context(SourceDepartures(dirs.inbox)) if workload.durable else None
+        running = start_subject(subject, dirs)
         try:
             t_ready = running.wait_ready(cfg.ready_timeout_s)
             result.ready_s = t_ready - running.t_start
             at_ready = running.sample()
             driven = drive(workload, dirs, cfg, plan, running.pid)
             missing = observer.wait_delivered(plan.sizes, _deliver_timeout(plan))
+            if departures is not None:
+                missing |= departures.wait_gone(plan.sizes, _deliver_timeout(plan))
             result.missing_at_deadline = len(missing)
             if plan.sizes:
                 _wait_inbox_empty(dirs.inbox, plan.inbox_allowed, timeout=10 if not missing else 1)
@@ -204,15 +236,100 @@ def _run_subject(result: RunResult, subject: Subject, workload: Workload, cfg: C
         result.idle_cpu_pct = driven.idle_cpu_pct
         result.queue_overflows = observer.overflows
         result.found_by_scan = observer.found_by_scan
-        _fill_delivery_measures(result, workload, plan, driven.closed, observer)
+        _fill_delivery_measures(result, workload, plan, driven.closed, _delivered_at(observer, departures))
         if workload.backlog and plan.sizes:
             delivered = [t for n in plan.sizes if (t := observer.delivered_at(n)) is not None]
             if delivered:
                 result.span_s = max(delivered) - running.t_start
                 result.files_per_s = len(delivered) / result.span_s
                 result.mib_per_s = result.files_per_s * cfg.file_size / MIB
-        if result.exit_code not in (0, None) and subject.kind == "watcher":
+        if result.exit_code not in (0, None) and subject.kind in ("watcher", "cluster"):
             result.error = f"exit code {result.exit_code}: {running.log_tail(5)}"
+
+
+def _delivered_at(observer: OutboxObserver, departures: SourceDepartures | None) -> Callable[[str], float | None]:
+    """When a file counts as delivered: in the outbox, and for a durable workload its source gone too."""
+    if departures is None:
+        return observer.delivered_at
+
+    def durable(name: str) -> float | None:
+        there, gone = observer.delivered_at(name), departures.gone.get(name)
+        return None if there is None or gone is None else max(there, gone)
+
+    return durable
+
+
+def _run_startup(result: RunResult, subject: Subject, workload: Workload, cfg: Config, keep: bool) -> None:
+    """Start the subject ``cfg.startup_starts`` times on an empty inbox (fresh folders each time).
+
+    ``ready_s`` is the median of process start -> ready over the starts, ``cpu_total_s`` and
+    ``peak_rss_mib`` the medians at ready (the CPU and memory a start costs).
+    """
+    cpu: list[float] = []
+    rss: list[float] = []
+    for _ in range(cfg.startup_starts):
+        dirs = make_dirs(workload, subject.kind)
+        try:
+            running = start_subject(subject, dirs)
+            try:
+                t_ready = running.wait_ready(cfg.ready_timeout_s)
+                at_ready = running.sample()
+            finally:
+                code = running.stop()
+            result.ready_each_s.append(t_ready - running.t_start)
+            cpu.append(at_ready.cpu_s)
+            rss.append(at_ready.peak_rss_kib / 1024)
+            result.exit_code = code
+            broke = code not in (0, None) and subject.kind in ("watcher", "cluster")  # a shell loop ends by signal
+            if running.stop_note or broke:
+                result.error = running.stop_note or f"exit code {code}: {running.log_tail(5)}"
+                break
+        except Exception as exc:  # noqa: BLE001  # reported; the other runs still run
+            result.error = f"{type(exc).__name__}: {exc}"
+            break
+        finally:
+            if not keep:
+                remove_dirs(dirs)
+    if result.ready_each_s:
+        result.ready_s = statistics.median(result.ready_each_s)
+        result.cpu_total_s = statistics.median(cpu)
+        result.peak_rss_mib = statistics.median(rss)
+
+
+def _run_failover(result: RunResult, subject: Subject, workload: Workload, cfg: Config, plan: Plan, dirs: Dirs) -> None:
+    """The failover workload on a cluster subject (``bench.cluster.failover``)."""
+    burst = Plan(pending=list(plan.pending))  # the writer's own: failover() adds the planted claims to `plan`
+    with OutboxObserver(dirs.outbox) as observer:
+        running = cluster.start(subject, dirs)
+        try:
+            t_ready = running.wait_ready(cfg.ready_timeout_s)
+            result.ready_s = t_ready - running.t_start
+            times, _driven = cluster.failover(
+                running,
+                dirs,
+                plan,
+                lambda: drive(workload, dirs, cfg, burst, running.pid),
+                observer,
+                planted=max(1, cfg.failover_files // 50),
+                timeout=_deliver_timeout(plan) + 60,
+            )
+            result.missing_at_deadline = len(observer.wait_delivered(plan.sizes, 10))
+            _wait_inbox_empty(dirs.inbox, plan.inbox_allowed, timeout=10)
+        finally:
+            result.exit_code = running.stop()
+            if running.stop_note:
+                result.error = running.stop_note
+    result.files, result.bytes = len(plan.sizes), plan.total_bytes
+    result.failover_claims_at_kill = times.claims_at_kill
+    result.failover_claims_planted = times.claims_planted
+    result.failover_claims_s = times.claims_done_s
+    result.failover_new_leader_s = times.new_leader_s
+    result.failover_leader_run_s = times.leader_run_s
+    result.failover_drained_s = times.drained_s
+    result.queue_overflows = observer.overflows
+    result.found_by_scan = observer.found_by_scan
+    if result.exit_code not in (0, None):
+        result.error = f"exit code {result.exit_code}: {running.log_tail(5)}"
 
 
 def _run_cp_sync(result: RunResult, workload: Workload, cfg: Config, plan: Plan, dirs: Dirs) -> None:

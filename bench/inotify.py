@@ -18,13 +18,16 @@ import select
 import struct
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Self
 
 IN_MODIFY = 0x00000002
 IN_CLOSE_WRITE = 0x00000008
+IN_MOVED_FROM = 0x00000040
 IN_MOVED_TO = 0x00000080
 IN_CREATE = 0x00000100
+IN_DELETE = 0x00000200
 IN_Q_OVERFLOW = 0x00004000
 IN_IGNORED = 0x00008000
 IN_ISDIR = 0x40000000
@@ -69,28 +72,23 @@ def parse_events(buf: bytes) -> Iterator[tuple[int, int, bytes]]:
         offset = start + length
 
 
-class OutboxObserver:
-    """Timestamp deliveries into one (flat) outbox folder from a background thread.
+class _EventThread:
+    """A background thread that reads one inotify watch and hands each event of a named file on.
 
-    ``final`` maps a name to the first ``IN_CLOSE_WRITE``/``IN_MOVED_TO`` time, ``created`` to the first
-    ``IN_CREATE`` time. Names starting with ``.`` are temporary files and ignored. If the kernel queue
-    overflows, :meth:`wait_delivered` falls back to listing the folder for the names it still misses and
-    counts them in ``found_by_scan`` (their latency is then an upper bound).
+    Subclasses say what to do with an event in :meth:`_record`; waiters block on ``_cond``, which is
+    notified after every read. Names starting with ``.`` (temporary files) are never handed on.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, mask: int, name: str) -> None:
         self.folder = folder
-        self.final: dict[str, float] = {}
-        self.created: dict[str, float] = {}
         self.overflows = 0
-        self.found_by_scan = 0
         self._cond = threading.Condition()
         self._fd = inotify_init(IN_CLOEXEC | IN_NONBLOCK)
-        add_watch(self._fd, folder, IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE)
+        add_watch(self._fd, folder, mask)
         self._stop_r, self._stop_w = os.pipe()
-        self._thread = threading.Thread(target=self._run, name="outbox-observer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def __enter__(self) -> OutboxObserver:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -108,11 +106,13 @@ class OutboxObserver:
             os.close(fd)
         self._stop_w = -1
 
+    def _record(self, mask: int, name: str, now: float) -> None:
+        raise NotImplementedError
+
     def _run(self) -> None:
         poller = select.poll()
         poller.register(self._fd, select.POLLIN)
         poller.register(self._stop_r, select.POLLIN)
-        final, created = self.final, self.created
         while True:
             ready = {fd for fd, _ in poller.poll()}
             if self._stop_r in ready:
@@ -128,13 +128,31 @@ class OutboxObserver:
                     continue
                 if not raw or mask & IN_ISDIR or raw.startswith(b"."):
                     continue
-                name = os.fsdecode(raw)
-                if mask & (IN_CLOSE_WRITE | IN_MOVED_TO):
-                    final.setdefault(name, now)
-                else:
-                    created.setdefault(name, now)
+                self._record(mask, os.fsdecode(raw), now)
             with self._cond:
                 self._cond.notify_all()
+
+
+class OutboxObserver(_EventThread):
+    """Timestamp deliveries into one (flat) outbox folder from a background thread.
+
+    ``final`` maps a name to the first ``IN_CLOSE_WRITE``/``IN_MOVED_TO`` time, ``created`` to the first
+    ``IN_CREATE`` time. Names starting with ``.`` are temporary files and ignored. If the kernel queue
+    overflows, :meth:`wait_delivered` falls back to listing the folder for the names it still misses and
+    counts them in ``found_by_scan`` (their latency is then an upper bound).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder, IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE, "outbox-observer")
+        self.final: dict[str, float] = {}
+        self.created: dict[str, float] = {}
+        self.found_by_scan = 0
+
+    def _record(self, mask: int, name: str, now: float) -> None:
+        if mask & (IN_CLOSE_WRITE | IN_MOVED_TO):
+            self.final.setdefault(name, now)
+        else:
+            self.created.setdefault(name, now)
 
     def delivered_at(self, name: str) -> float | None:
         """Time the file became complete under its final name, or None if not (yet) seen."""
@@ -173,3 +191,36 @@ class OutboxObserver:
                     if name not in self.final:
                         self.final[name] = now
                         self.found_by_scan += 1
+
+
+class SourceDepartures(_EventThread):
+    """Timestamp the moment each file leaves one (flat) inbox folder: ``IN_DELETE`` or ``IN_MOVED_FROM``.
+
+    A delivery is durable once its source is gone for a subject that removes the source only after its
+    flush (``watcher``, the ``limit-durable`` loop); for a subject that renames (``limit``, the
+    ``inotifywait`` loop) the source goes with the rename. ``gone`` maps a name to the first such time.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder, IN_DELETE | IN_MOVED_FROM, "inbox-departures")
+        self.gone: dict[str, float] = {}
+
+    def _record(self, mask: int, name: str, now: float) -> None:
+        self.gone.setdefault(name, now)
+
+    def wait_gone(self, names: Iterable[str], timeout: float) -> set[str]:
+        """Wait until every one of ``names`` has left the inbox; return those still there at the deadline."""
+        remaining = set(names)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining.difference_update([n for n in remaining if n in self.gone])
+            if remaining and self.overflows:  # the queue lost events: what is not there any more is gone
+                now = time.monotonic()
+                for name in [n for n in remaining if not (self.folder / n).exists()]:
+                    self.gone[name] = now
+                    remaining.discard(name)
+            left = deadline - time.monotonic()
+            if not remaining or left <= 0:
+                return remaining
+            with self._cond:
+                self._cond.wait(timeout=min(left, 0.25))

@@ -1,12 +1,15 @@
-"""The subjects under test: ``watcher run`` and the two baselines, each started as a subprocess.
+"""The subjects under test: ``watcher run`` and the baselines, each started as a subprocess.
 
 A :class:`Subject` knows how to start itself on an inbox/outbox pair and how to tell when it is ready;
-:class:`Running` is one started instance: readiness wait, ``/proc`` samples, stop.
+:class:`Running` is one started instance: readiness wait, ``/proc`` samples, stop. The cluster subjects
+(several ``watcher run`` replicas and a PostgreSQL) are started by ``bench.cluster``; what the harness
+needs of any started subject is the :class:`Started` protocol.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -19,8 +22,10 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from bench import procstat
+from bench.postgres import pg_tool
 
 REPO = Path(__file__).resolve().parent.parent
 ENSURE_TOOLS = REPO / "deploy" / "tools" / "ensure-debian-tools.sh"
@@ -45,6 +50,36 @@ class Dirs:
     state: Path
     staging: Path
     log: Path
+
+
+class Started(Protocol):
+    """What the harness needs of a started subject: one process (:class:`Running`) or a cluster."""
+
+    name: str
+    kind: str
+    t_start: float
+    stop_note: str | None
+
+    @property
+    def pid(self) -> int:
+        """A pid whose session holds the subject (the first replica's, for a cluster)."""
+        ...
+
+    def wait_ready(self, timeout: float) -> float:
+        """Block until ready; return the monotonic time it was seen ready."""
+        ...
+
+    def sample(self) -> procstat.ProcSample:
+        """CPU seconds and peak RSS of the subject's processes now."""
+        ...
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        """Stop it; its exit code."""
+        ...
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The last lines of its output."""
+        ...
 
 
 @dataclass
@@ -140,13 +175,16 @@ def _log_contains(log: Path, text: str) -> Callable[[], bool]:
     return check
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _http_ok(url: str) -> Callable[[], bool]:
+def http_ok(url: str) -> Callable[[], bool]:
+    """A check that is True while ``GET url`` answers 200."""
+
     def check() -> bool:
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
@@ -162,17 +200,25 @@ class Subject:
     """Something that delivers files from an inbox to an outbox."""
 
     name: str
-    kind: str  # "watcher", "limit", "inotifywait" or "cp+sync" (run by the harness itself)
+    kind: str  # "watcher", "limit", "inotifywait", "cluster" or "cp+sync" (run by the harness itself)
     can_backlog: bool
     env: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
     root: Path = REPO  # where `python -m watcher` imports the service from (see snapshot_watcher())
+    args: tuple[str, ...] = ()  # extra arguments of the limit loop
+    workloads: frozenset[str] | None = None  # the workloads it runs; None: every single-process workload
+    replicas: int = 0  # cluster subjects: how many `watcher run` replicas
 
     def available(self) -> str | None:
         """None when the subject can run here, else the reason it cannot."""
         if self.kind == "inotifywait" and not ensure_inotifywait():
             return "missing"
-        if self.kind == "watcher":
+        if self.kind == "cluster":
+            if importlib.util.find_spec("psycopg") is None:
+                return "not runnable: psycopg missing (pip install -e '.[postgres]')"
+            if pg_tool("initdb") is None or pg_tool("pg_ctl") is None:
+                return "not runnable: initdb/pg_ctl not found"
+        if self.kind in ("watcher", "cluster"):
             probe = subprocess.run(
                 [sys.executable, "-m", "watcher", "--version"],
                 cwd=self.root,
@@ -192,28 +238,37 @@ class Subject:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.root), env.get("PYTHONPATH", "")]))
         return env
 
+    def watcher_env(self, dirs: Dirs, port: int, state: Path | None = None) -> dict[str, str]:
+        """The environment of one ``watcher run`` on ``dirs``: the bench's settings, then the subject's."""
+        env = dict(os.environ)
+        env.update(
+            WATCHER_INBOX=str(dirs.inbox),
+            WATCHER_OUTBOX=str(dirs.outbox),
+            WATCHER_STATE_DIR=str(state or dirs.state),
+            WATCHER_HTTP_HOST="127.0.0.1",
+            WATCHER_HTTP_PORT=str(port),
+            WATCHER_LOG_FORMAT="json",
+            WATCHER_LOG_LEVEL="info",  # the service's default
+            WATCHER_RESCAN_INTERVAL="30",
+            WATCHER_SETTLE_SECONDS="2",
+        )
+        env.update(self.env)
+        return self._python_env(env)
+
+    def popen_watcher(self, env: Mapping[str, str], log: Path) -> tuple[subprocess.Popen[bytes], float]:
+        """Start ``python -m watcher run`` with ``env`` from the subject's root; (process, start time)."""
+        return _popen([sys.executable, "-m", "watcher", "run"], env, log, self.root)
+
     def start(self, dirs: Dirs) -> Running:
         """Start the subject on ``dirs``; it is not necessarily ready yet."""
         env = dict(os.environ)
         if self.kind == "watcher":
-            port = _free_port()
-            env.update(
-                WATCHER_INBOX=str(dirs.inbox),
-                WATCHER_OUTBOX=str(dirs.outbox),
-                WATCHER_STATE_DIR=str(dirs.state),
-                WATCHER_HTTP_HOST="127.0.0.1",
-                WATCHER_HTTP_PORT=str(port),
-                WATCHER_LOG_FORMAT="json",
-                WATCHER_LOG_LEVEL="warning",
-                WATCHER_RESCAN_INTERVAL="30",
-                WATCHER_SETTLE_SECONDS="2",
-            )
-            env.update(self.env)
-            proc, t0 = _popen([sys.executable, "-m", "watcher", "run"], self._python_env(env), dirs.log, self.root)
-            ready = _http_ok(f"http://127.0.0.1:{port}/health/ready")
+            port = free_port()
+            proc, t0 = self.popen_watcher(self.watcher_env(dirs, port), dirs.log)
+            ready = http_ok(f"http://127.0.0.1:{port}/health/ready")
         elif self.kind == "limit":
             env["PYTHONPATH"] = str(REPO)
-            args = [sys.executable, "-m", "bench.limit_loop", str(dirs.inbox), str(dirs.outbox)]
+            args = [sys.executable, "-m", "bench.limit_loop", *self.args, str(dirs.inbox), str(dirs.outbox)]
             proc, t0 = _popen(args, env, dirs.log)
             ready = _log_contains(dirs.log, "ready")
         elif self.kind == "inotifywait":
@@ -235,24 +290,73 @@ def ensure_inotifywait() -> bool:
     return shutil.which("inotifywait") is not None
 
 
-WATCHER = Subject("watcher", "watcher", can_backlog=True, description="`python -m watcher run` (fsync on)")
-WATCHER_INFO = Subject(
-    "watcher (log info)",
+WATCHER = Subject(
+    "watcher", "watcher", can_backlog=True, description="`python -m watcher run` (fsync on, log level info: defaults)"
+)
+WATCHER_WARNING = Subject(
+    "watcher (log warning)",
     "watcher",
     can_backlog=True,
-    env={"WATCHER_LOG_LEVEL": "info"},
-    description="the same with WATCHER_LOG_LEVEL=info (one log line per file)",
+    env={"WATCHER_LOG_LEVEL": "warning"},
+    workloads=frozenset({"trickle", "burst"}),
+    description="the same with WATCHER_LOG_LEVEL=warning (no log line per file)",
 )
-LIMIT = Subject("limit", "limit", can_backlog=False, description="ctypes inotify loop, rename/copyfile, no fsync")
+LIMIT = Subject(
+    "limit",
+    "limit",
+    can_backlog=True,
+    description="ctypes inotify loop (and a scandir of the inbox at start), rename/copyfile, no fsync",
+)
+LIMIT_DURABLE = Subject(
+    "limit-durable",
+    "limit",
+    can_backlog=False,
+    args=("--durable",),
+    workloads=frozenset({"trickle", "burst", "renamed", "big_same_fs", "big_other_fs"}),
+    description="the limit loop plus fsync of the delivered file and of the outbox folder before the source goes",
+)
 INOTIFYWAIT = Subject(
     "inotifywait", "inotifywait", can_backlog=False, description="`inotifywait -m | while read; do mv` loop"
 )
-CP_SYNC = Subject("cp+sync", "cp+sync", can_backlog=False, description="`cp FILE OUTBOX && sync` (big, other fs only)")
+CP_SYNC = Subject(
+    "cp+sync",
+    "cp+sync",
+    can_backlog=False,
+    workloads=frozenset({"big_other_fs"}),
+    description="`cp FILE OUTBOX && sync` (big, other fs only)",
+)
 # Another commit of the service in the same run (`--base-commit REV`); cli.py gives it its name and root.
 WATCHER_BASE = Subject(
     "watcher-base", "watcher", can_backlog=True, description="`python -m watcher run` at --base-commit"
 )
-ALL = (WATCHER, LIMIT, INOTIFYWAIT, WATCHER_INFO, CP_SYNC, WATCHER_BASE)
+
+
+def _cluster(replicas: int, workloads: frozenset[str]) -> Subject:
+    return Subject(
+        f"cluster x{replicas}",
+        "cluster",
+        can_backlog=True,
+        replicas=replicas,
+        workloads=workloads,
+        description=f"{replicas} `watcher run` replica(s), WATCHER_CLUSTER=true, one inbox, PostgreSQL on this machine",
+    )
+
+
+CLUSTER_1 = _cluster(1, frozenset({"cluster"}))
+CLUSTER_2 = _cluster(2, frozenset({"cluster"}))
+CLUSTER_3 = _cluster(3, frozenset({"cluster", "failover"}))
+ALL = (
+    WATCHER,
+    LIMIT,
+    LIMIT_DURABLE,
+    INOTIFYWAIT,
+    WATCHER_WARNING,
+    CP_SYNC,
+    WATCHER_BASE,
+    CLUSTER_1,
+    CLUSTER_2,
+    CLUSTER_3,
+)
 
 
 def snapshot_watcher(dest: Path) -> Path:

@@ -2,8 +2,10 @@
 
 Each workload has two steps. ``prepare`` runs before the subject starts (the backlog's files, the files
 to rename in, the idle tree); ``drive`` runs once the subject is ready and records, per file, the
-``time.monotonic()`` right after the writer's ``close()`` (or after the ``rename()`` into the inbox).
-Contents are random, so every file has its own sha256.
+``time.monotonic()`` right before the writer's ``close()`` (or before the ``rename()`` into the inbox).
+Contents are random, so every file has its own sha256. Two workloads are run differently by the harness
+(``mode``): ``startup`` starts the subject on an empty inbox several times, ``failover`` kills replicas of
+a cluster (``bench.cluster``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from bench import procstat
 from bench.subjects import Dirs
@@ -43,6 +46,10 @@ class Config:
     idle_settle_s: float = 3.0
     idle_seconds: float = 30.0
     ready_timeout_s: float = 60.0
+    backlog_age_s: float = 3600.0  # mtime of the backlog's files: an hour old, as after downtime
+    startup_starts: int = 5  # starts per repetition of the startup workload
+    cluster_files: int = 2000
+    failover_files: int = 1000
 
 
 FULL = Config()
@@ -59,6 +66,9 @@ SMOKE = Config(
     idle_files=100,
     idle_settle_s=0.5,
     idle_seconds=1.5,
+    startup_starts=2,
+    cluster_files=100,
+    failover_files=100,
 )
 
 
@@ -127,6 +137,9 @@ class Workload:
     writer_process: bool = True  # drive() runs in its own process: see harness.drive()
     backlog: bool = False  # files exist before the subject starts
     other_fs: bool = False  # the outbox is on /dev/shm
+    durable: bool = False  # delivered = in the outbox and the source gone from the inbox (the later)
+    cluster: bool = False  # run by the cluster subjects only (and they run nothing else)
+    mode: Literal["deliver", "startup", "failover"] = "deliver"
 
 
 def _prepare_in_memory(prefix: str, count: Callable[[Config], int]) -> Callable[[Dirs, Config], Plan]:
@@ -182,13 +195,20 @@ def _prepare_backlog(count: Callable[[Config], int]) -> Callable[[Dirs, Config],
     def prepare(dirs: Dirs, cfg: Config) -> Plan:
         plan = Plan()
         inbox = str(dirs.inbox)
+        old = time.time() - cfg.backlog_age_s
         for name in _names("backlog", count(cfg)):
             data = os.urandom(cfg.file_size)
             plan.add(name, data)
-            write_file(os.path.join(inbox, name), data)
+            path = os.path.join(inbox, name)
+            write_file(path, data)
+            os.utime(path, (old, old))
         return plan
 
     return prepare
+
+
+def _prepare_nothing(_dirs: Dirs, _cfg: Config) -> Plan:
+    return Plan()
 
 
 def _drive_nothing(_dirs: Dirs, _cfg: Config, _plan: Plan, _sid: int) -> Drive:
@@ -217,25 +237,40 @@ def _prepare_big(_dirs: Dirs, cfg: Config) -> Plan:
     return plan
 
 
-def _drive_big(dirs: Dirs, cfg: Config, plan: Plan, _sid: int) -> Drive:
-    """Write the big file into the inbox and fsync it before close.
-
-    The writer's own fsync keeps the flush of its dirty pages out of the subject's time: what is measured
-    is the subject's work from close to delivery, not the disk catching up with the writer.
-    """
+def _write_big(dirs: Dirs, cfg: Config, plan: Plan, fsync: bool) -> Drive:
     fd = os.open(dirs.inbox / "big.bin", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         for chunk in _big_chunks(plan.pending[0][1], cfg.big_size):
             view = memoryview(chunk)
             while view:
                 view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        if fsync:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         raise
     t_close = time.monotonic()  # before the call, as in write_file()
     os.close(fd)
     return Drive(closed={"big.bin": t_close})
+
+
+def _drive_big_dirty(dirs: Dirs, cfg: Config, plan: Plan, _sid: int) -> Drive:
+    """Write the big file into the inbox and close it without fsync, as a producer does.
+
+    Its pages are still dirty at close: a durable delivery must flush them, and that flush is part of the
+    time measured (close -> the delivery is durable; see ``Workload.durable``).
+    """
+    return _write_big(dirs, cfg, plan, fsync=False)
+
+
+def _drive_big_flushed(dirs: Dirs, cfg: Config, plan: Plan, _sid: int) -> Drive:
+    """Write the big file into the inbox and fsync it before close (the other-filesystem case).
+
+    The writer's own fsync keeps the flush of its dirty pages out of the subject's time: what is measured
+    is the copy onto the other filesystem, and the ``cp+sync`` reference's ``sync`` does not flush the
+    writer's pages either.
+    """
+    return _write_big(dirs, cfg, plan, fsync=True)
 
 
 def _prepare_idle(dirs: Dirs, cfg: Config) -> Plan:
@@ -282,9 +317,21 @@ WORKLOADS: tuple[Workload, ...] = (
         backlog=True,
         writer_process=False,
     ),
-    Workload("big_same_fs", "big, same fs", _prepare_big, _drive_big),
-    Workload("big_other_fs", "big, other fs (/dev/shm)", _prepare_big, _drive_big, other_fs=True),
+    Workload("big_same_fs", "big, same fs", _prepare_big, _drive_big_dirty, durable=True),
+    Workload("big_other_fs", "big, other fs (/dev/shm)", _prepare_big, _drive_big_flushed, other_fs=True),
     Workload("idle", "idle", _prepare_idle, _drive_idle, latency=False, writer_process=False),
+    Workload("startup", "startup", _prepare_nothing, _drive_nothing, latency=False, mode="startup"),
+    Workload(
+        "cluster", "cluster", _prepare_in_memory("cluster", lambda c: c.cluster_files), _drive_burst, cluster=True
+    ),
+    Workload(
+        "failover",
+        "failover",
+        _prepare_in_memory("failover", lambda c: c.failover_files),
+        _drive_burst,
+        cluster=True,
+        mode="failover",
+    ),
 )
 BY_KEY = {w.key: w for w in WORKLOADS}
 
@@ -296,9 +343,12 @@ def describe(workload: Workload, cfg: Config) -> str:
         "trickle": f"trickle {cfg.trickle_files} x {kib} KiB at {cfg.trickle_rate:g}/s",
         "burst": f"burst {cfg.burst_files} x {kib} KiB",
         "renamed": f"renamed {cfg.renamed_files} x {kib} KiB",
-        "backlog_small": f"backlog {cfg.backlog_small} x {kib} KiB",
-        "backlog_large": f"backlog {cfg.backlog_large} x {kib} KiB",
-        "big_same_fs": f"big {cfg.big_size // MIB} MiB, same fs",
+        "backlog_small": f"backlog {cfg.backlog_small} x {kib} KiB, an hour old",
+        "backlog_large": f"backlog {cfg.backlog_large} x {kib} KiB, an hour old",
+        "big_same_fs": f"big {cfg.big_size // MIB} MiB, same fs, close -> durable",
         "big_other_fs": f"big {cfg.big_size // MIB} MiB, other fs (/dev/shm)",
         "idle": f"idle {cfg.idle_dirs} dirs, {cfg.idle_files} ignored files, {cfg.idle_seconds:g} s",
+        "startup": f"startup, empty inbox ({cfg.startup_starts} starts per repetition)",
+        "cluster": f"cluster burst {cfg.cluster_files} x {kib} KiB, one shared inbox",
+        "failover": f"failover: 3 replicas, burst {cfg.failover_files} x {kib} KiB, SIGKILLs",
     }[workload.key]

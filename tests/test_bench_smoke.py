@@ -1,8 +1,10 @@
-"""Smoke test of the benchmark harness (bench/), with the limit-loop baseline only.
+"""Smoke test of the benchmark harness (bench/), with the limit-loop baselines only.
 
 It proves that the harness counts deliveries, measures latency from the writer's close and that its
-integrity check passes a clean run and catches a missing and a corrupted file. No watcher process is
-involved, so it runs in a few seconds on any Linux with inotify.
+integrity check passes a clean run and catches a missing and a corrupted file; that the limit loop
+delivers a backlog (its start-up scan) and the durable loop a big file measured to its durability; and
+that the issue targets and the cluster table are computed from medians. No watcher process and no
+PostgreSQL are involved, so it runs in a few seconds on any Linux with inotify.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from dataclasses import replace
 
 import pytest
 
-from bench import harness, integrity, subjects
+from bench import harness, integrity, report, subjects
+from bench.harness import RunResult
 from bench.inotify import OutboxObserver
-from bench.workloads import BY_KEY, SMOKE
+from bench.workloads import BY_KEY, MIB, SMOKE
 
 CFG = replace(SMOKE, burst_files=20, ready_timeout_s=10.0)
 
@@ -68,3 +71,67 @@ def test_integrity_check_catches_a_missing_and_a_corrupt_file() -> None:
         assert report.faults == 4
     finally:
         harness.remove_dirs(dirs)
+
+
+def test_limit_loop_delivers_a_backlog_from_its_start_up_scan() -> None:
+    cfg = replace(CFG, backlog_small=30)
+    result = harness.run_one(subjects.LIMIT, BY_KEY["backlog_small"], cfg, rep=0)
+
+    assert result.error is None
+    assert result.faults == 0, result.integrity
+    assert result.files == 30 and result.missing_at_deadline == 0
+    assert result.span_s is not None and result.ready_s is not None and result.span_s > 0
+    assert result.cpu_s is not None and result.cpu_per_1k_files_s == pytest.approx(result.cpu_s / 30 * 1000)
+
+
+def test_durable_loop_big_file_is_timed_until_its_source_is_gone() -> None:
+    cfg = replace(CFG, big_size=2 * MIB)
+    result = harness.run_one(subjects.LIMIT_DURABLE, BY_KEY["big_same_fs"], cfg, rep=0)
+
+    assert result.error is None
+    assert result.faults == 0, result.integrity
+    assert result.lat_p50_ms is not None and 0 <= result.lat_p50_ms < 5000
+
+
+def _summary(subject: str, workload: str, **measures: float) -> report.Summary:
+    run = RunResult(subject=subject, workload=workload, rep=0)
+    for key, value in measures.items():
+        setattr(run, key, value)
+    return report.summarize(subject, workload, [run])
+
+
+def test_targets_compare_with_the_baselines_of_the_same_run() -> None:
+    summaries = {
+        (s.subject, s.workload): s
+        for s in (
+            _summary("watcher", "renamed", files_per_s=600.0, cpu_s=0.4),
+            _summary("limit", "renamed", files_per_s=1000.0, cpu_s=0.1),
+            _summary("watcher", "big_same_fs", lat_p50_ms=520.0),
+            _summary("limit-durable", "big_same_fs", lat_p50_ms=480.0),
+            _summary("watcher", "startup", ready_s=0.4),
+            _summary("cluster x1", "cluster", files_per_s=1000.0),
+            _summary("cluster x2", "cluster", files_per_s=850.0),
+        )
+    }
+    targets = {(t.workload, t.name): t.met for t in report.evaluate_targets(lambda s, w: summaries.get((s, w)), CFG)}
+
+    assert targets[("renamed", "files/s >= 0.5x limit")] is True
+    assert targets[("renamed", "CPU s <= 3x limit")] is False
+    assert targets[("big_same_fs", "close -> durable <= limit-durable + 50 ms")] is True
+    assert targets[("startup", "process start -> ready")] is True
+    assert targets[("cluster", "files/s 2 replicas / 1 replica")] is False
+    assert targets[("backlog_small", "CPU s <= 3x limit")] is None  # not run: not evaluated
+
+
+def test_cluster_table_has_the_ratio_to_one_replica() -> None:
+    runs = {
+        (name, "cluster"): [RunResult(subject=name, workload="cluster", rep=i, files_per_s=v) for i, v in enumerate(vs)]
+        for name, vs in (("cluster x1", [1000.0, 800.0]), ("cluster x2", [950.0, 840.0]))
+    }
+    lines, out = report.cluster_section(runs)
+
+    scaling = out["scaling"]
+    assert isinstance(scaling, list)
+    assert [row["ratio_to_1"] for row in scaling] == [1.0, pytest.approx(895 / 900)]
+    assert scaling[1]["paired_ratios"] == [0.95, 1.05]
+    assert any("0.994" in line for line in lines)

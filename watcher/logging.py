@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from typing import TextIO
 
 import orjson
@@ -34,19 +35,44 @@ def printable(text: str) -> str:
 
 
 def _sanitize(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    # File names may hold non-UTF-8 bytes (surrogate escapes), which JSON cannot carry.
     event_dict.pop("color_message", None)  # uvicorn's ANSI-coloured duplicate of the message
     if "logger_name" in event_dict:  # ("logger" itself is a reserved argument of structlog.get_logger)
         event_dict["logger"] = event_dict.pop("logger_name")
-    empty = []
-    for key, value in event_dict.items():
-        if value is None:
-            empty.append(key)  # a field with nothing to say is left out (`renamed_to=None` is noise)
-        elif isinstance(value, str) and not value.isascii():
-            event_dict[key] = printable(value)
-    for key in empty:
-        del event_dict[key]
+    if None in event_dict.values():  # one C-level scan; a field with nothing to say is left out
+        for key in [key for key, value in event_dict.items() if value is None]:
+            del event_dict[key]
     return event_dict
+
+
+def _printable_fields(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    # File names may hold non-UTF-8 bytes (surrogate escapes), which JSON cannot carry.
+    for key, value in event_dict.items():
+        if isinstance(value, str) and not value.isascii():
+            event_dict[key] = printable(value)
+    return event_dict
+
+
+_LEVEL_OF_METHOD = {"warn": "warning", "exception": "error"}  # as structlog's add_log_level names them
+
+
+class _Stamp:
+    """Level and UTC time (RFC 3339, microseconds, ``Z``) in one processor: the date and time of day are
+    formatted once per second, not per line (structlog's TimeStamper builds a datetime for each).
+    """
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, _: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+        now = time.time()
+        second = int(now)
+        if second != self._second:  # a race between threads here only formats the same second twice
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        event_dict["level"] = _LEVEL_OF_METHOD.get(method, method)
+        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1e6):06d}Z"
+        return event_dict
 
 
 def human_size(size: int) -> str:
@@ -69,12 +95,15 @@ def _human_sizes(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     return event_dict
 
 
-def _orjson_bytes(_: WrappedLogger, __: str, event_dict: EventDict) -> bytes:
-    return orjson.dumps(event_dict, default=str)
+def _orjson_bytes(logger: WrappedLogger, method: str, event_dict: EventDict) -> bytes:
+    try:
+        return orjson.dumps(event_dict, default=str)
+    except TypeError:  # orjson refuses a str holding surrogate escapes (a non-UTF-8 file name): rare
+        return orjson.dumps(_printable_fields(logger, method, event_dict), default=str)
 
 
-def _orjson_text(_: WrappedLogger, __: str, event_dict: EventDict) -> str:
-    return orjson.dumps(event_dict, default=str).decode()
+def _orjson_text(logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
+    return _orjson_bytes(logger, method, event_dict).decode()
 
 
 class LineWriter:
@@ -161,14 +190,13 @@ def configure_logging(log_format: str = "auto", level: str = "info", stream: Tex
     writer = LineWriter(out)
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _Stamp(),
         _sanitize,
     ]
     if use_json:
         shared.append(structlog.processors.dict_tracebacks)
     else:
-        shared.append(_human_sizes)
+        shared += [_printable_fields, _human_sizes]
     console = structlog.dev.ConsoleRenderer(colors=False)
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.ExtraAdder(), structlog.stdlib.add_logger_name, *shared],

@@ -16,7 +16,7 @@ from watcher import __version__
 from watcher.http.errors import EXCEPTION_HANDLERS
 from watcher.http.limits import EXCEPTION_HANDLERS as LIMIT_HANDLERS
 from watcher.http.limits import Limits
-from watcher.http.openapi import ApiRoute, Health, Operation, Reply, build_openapi, errors
+from watcher.http.openapi import ApiRoute, Health, Operation, Reply, build_openapi, check_operations, errors
 
 Check = tuple[bool, str]
 ReadinessProbe = Callable[[], Awaitable[dict[str, Check]]]
@@ -61,15 +61,21 @@ def create_app(
         ApiRoute("/metrics", {"GET": (metrics, _METRICS)}),
         *extra_routes,
     ]
-    # Built once, from the routes themselves: a route without an operation fails here, at start.
-    document = build_openapi(
-        [*routes, ApiRoute("/openapi.json", {"GET": (live, _OPENAPI)})],
-        title="watcher",
-        version=__version__,
-        description="Delivers every file from an inbox to an outbox; schedules maintenance jobs.",
-    )
+    # From the routes themselves: a route without an operation fails here, at start. The document
+    # (pydantic's JSON schemas, a tenth of a second) is built on the first request and kept.
+    documented = check_operations([*routes, ApiRoute("/openapi.json", {"GET": (live, _OPENAPI)})])
+    document: dict[str, Any] = {}
 
     async def openapi(_: Request) -> Response:
+        if not document:
+            document.update(
+                build_openapi(
+                    documented,
+                    title="watcher",
+                    version=__version__,
+                    description="Delivers every file from an inbox to an outbox; schedules maintenance jobs.",
+                )
+            )
         return JSONResponse(document)
 
     routes.append(ApiRoute("/openapi.json", {"GET": (openapi, _OPENAPI)}))

@@ -134,13 +134,19 @@ def _reply(reply: Reply, refs: Mapping[Any, Any]) -> dict[str, Any]:
     return out
 
 
-def build_openapi(routes: Iterable[BaseRoute], *, title: str, version: str, description: str = "") -> dict[str, Any]:
-    """The OpenAPI 3.1 document of `routes`; TypeError when a route has no operation."""
+def check_operations(routes: Iterable[BaseRoute]) -> list[ApiRoute]:
+    """`routes`, each checked to carry its OpenAPI operations; TypeError when one has none."""
     api_routes: list[ApiRoute] = []
     for route in routes:
         if not isinstance(route, ApiRoute):
             raise TypeError(f"route {getattr(route, 'path', route)!r} is not an ApiRoute: it has no OpenAPI operation")
         api_routes.append(route)
+    return api_routes
+
+
+def build_openapi(routes: Iterable[BaseRoute], *, title: str, version: str, description: str = "") -> dict[str, Any]:
+    """The OpenAPI 3.1 document of `routes`; TypeError when a route has no operation."""
+    api_routes = check_operations(routes)
     wanted: dict[tuple[type[BaseModel], JsonSchemaMode], None] = {}
     for route in api_routes:
         for op in route.operations.values():

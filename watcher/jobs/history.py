@@ -27,7 +27,6 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 KEEP_PER_JOB = 100
 
@@ -97,6 +96,8 @@ class RunHistory:
 
     def fence(self, job_id: str, run_time: float, replica: str) -> bool:
         """Claim the run of `job_id` due at `run_time` (PostgreSQL); False when another replica has."""
+        from sqlalchemy.dialects.postgresql import insert as pg_insert  # cluster mode only: not at start-up
+
         t = fence_table
         statement = (
             pg_insert(t)

@@ -13,7 +13,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Protocol
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -29,6 +29,7 @@ from watchdog.events import (
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from watcher.cluster.claims import RESERVED
 from watcher.logging import get_logger
 
 log = get_logger(__name__)
@@ -86,6 +87,26 @@ class EventBridge(FileSystemEventHandler):
             except RuntimeError:
                 pass  # loop closed during shutdown
 
+    def extend(self, events: list[RawEvent]) -> None:
+        """Called in the inotify reader's thread with one read's events: one lock, at most one wake-up."""
+        with self._lock:
+            room = self._max_pending - len(self._pending)
+            if room < len(events):
+                self.dropped += len(events) - max(room, 0)  # the rescan will find the files
+                events = events[: max(room, 0)]
+            wake = not self._pending and bool(events)
+            self._pending.extend(events)
+        if wake:
+            try:
+                self._loop.call_soon_threadsafe(self.has_events.set)
+            except RuntimeError:
+                pass  # loop closed during shutdown
+
+    def lost(self) -> None:
+        """The kernel dropped events (queue overflow): counted like events dropped here."""
+        with self._lock:
+            self.dropped += 1
+
     def take(self) -> tuple[list[RawEvent], int]:
         """Swap out every buffered event (on the loop) and the count dropped since the last call."""
         with self._lock:
@@ -127,11 +148,24 @@ def is_network_fs(fstype: str) -> bool:
 Mode = Literal["inotify", "polling"]
 
 
+class ObserverThread(Protocol):
+    """What supervision needs of an observer: watchdog's polling observer or our inotify reader."""
+
+    def is_alive(self) -> bool:
+        """True while it runs."""
+
+    def stop(self) -> None:
+        """Ask it to end."""
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for it to end."""
+
+
 @dataclass
 class ObserverChoice:
     """Which observer runs, and why (shown in logs and readiness detail)."""
 
-    thread: BaseObserver  # watchdog's observer thread (with its emitter threads)
+    thread: ObserverThread  # the inotify reader, or watchdog's polling observer (with its emitter threads)
     mode: Mode
     reason: str
     fallback: bool
@@ -141,13 +175,18 @@ def count_dirs(root: Path, recursive: bool) -> int:
     """Folders an inotify observer must watch under `root` (itself included; symlinks not followed)."""
     if not recursive:
         return 1
-    total, stack = 0, [str(root)]
+    top = str(root)
+    total, stack = 0, [top]  # <inbox>/.watcher/ (claims) is not watched: the service's own folder
     while stack:
         folder = stack.pop()
         total += 1
         try:
             with os.scandir(folder) as entries:
-                stack.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
+                stack.extend(
+                    e.path
+                    for e in entries
+                    if e.is_dir(follow_symlinks=False) and not (folder == top and e.name == RESERVED)
+                )
         except OSError:
             continue
     return total
@@ -202,13 +241,12 @@ def start_observer(
         mode = "inotify"
         reason = f"{reason}, inbox filesystem {fstype}"
     if mode == "inotify":
-        from watchdog.observers.inotify import InotifyObserver
+        from watcher.pipeline.inotify_reader import InotifyReader  # Linux only
 
-        observer: BaseObserver | None = None
+        observer: InotifyReader | None = None
         try:
-            # Full events report a rename into the inbox as a move, which proves the file complete.
-            observer = InotifyObserver(generate_full_events=True)
-            _start(observer, bridge, inbox, recursive)
+            observer = InotifyReader(inbox, recursive, bridge.extend, bridge.lost)
+            observer.start()
             if watch_shortfall(inbox, recursive) and watch_shortfall(inbox, recursive):  # twice: folders come and go
                 raise OSError(errno.ENOSPC, "inotify watch limit reached for part of the tree")
             return ObserverChoice(observer, "inotify", reason, fallback=False)

@@ -30,7 +30,7 @@ import stat
 import threading
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -59,9 +59,9 @@ class TransferOutcome(enum.Enum):
     SKIPPED = "skipped"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class TransferResult:
-    """The outcome of one transfer and what it moved."""
+    """The outcome of one transfer and what it moved (filled in by the transfer, then only read)."""
 
     outcome: TransferOutcome
     dest: Path | None = None
@@ -486,14 +486,14 @@ def _unlink_quietly(path: Path | str, dir_fd: int | None = None) -> None:
         pass
 
 
-def _remove_source(src: Path, st: os.stat_result) -> None:
-    """Remove the source name, unless another file has taken that name meanwhile."""
+def _remove_source(name: str, folder: int, st: os.stat_result) -> None:
+    """Remove the source `name` in the folder fd `folder`, unless another file has taken it meanwhile."""
     try:
-        now = os.lstat(src)
+        now = os.lstat(name, dir_fd=folder)
     except FileNotFoundError:
         return
     if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
-        _unlink_quietly(src)
+        _unlink_quietly(name, folder)
 
 
 # (device, target folder) pairs where link() answered EXDEV: same filesystem, different mounts.
@@ -504,19 +504,25 @@ _no_link: set[tuple[int, str]] = set()
 class _Open:
     """A source opened and checked, on its way to the outbox."""
 
-    src: Path
+    src: Path | str
     fd: int
     st: os.stat_result
     folder: _Folder  # the target folder, held open for the batch
     name: str  # the wanted name in it
     same_fs: bool
+    src_dir: int = -1  # the source's folder, held open for the batch (its name there: src_name)
     temp: str | None = None  # a name in `folder`
-    link_from: Path | str | None = None  # the source path, or the temp name relative to link_dir_fd
+    link_from: str | None = None  # the source's name or the temp name, relative to link_dir_fd
     link_dir_fd: int | None = None
     ino: tuple[int, int] = (0, 0)
     result: TransferResult | None = None
     seconds: float = 0.0  # time spent on this file alone, plus its share of the group flushes
     hasher: Any = None  # hashlib's sha256 while a copy computes the digest
+
+    @property
+    def src_name(self) -> str:
+        """The source's name in its folder (`src_dir`)."""
+        return os.path.basename(self.src)
 
     @property
     def dest(self) -> Path:
@@ -528,42 +534,77 @@ class _ThroughSymlink(Exception):
     """A folder on the way to the file is a symlink (or not a folder at all)."""
 
 
-def open_beneath(src: Path, rel: str) -> int:
+class _SourceFolders:
+    """The source folders of one batch, each reached once beneath its base and held open by fd.
+
+    Each folder of a path is opened with ``O_NOFOLLOW`` relative to the previous one (``O_NOFOLLOW``
+    on the file alone guards only the last name: a folder swapped for a symlink to the outside would
+    still be followed). The files of the batch are then opened, linked, checked and removed relative
+    to their folder's fd, so the walk and its checks are paid once per folder, not once per file.
+    """
+
+    def __init__(self) -> None:
+        """Nothing is opened before the first :meth:`folder_of`."""
+        self._open: dict[tuple[str, str], int] = {}
+
+    def folder_of(self, src: Path | str, rel: str) -> int:
+        """The fd of the folder holding `src` (= base/rel); raises _ThroughSymlink or OSError."""
+        parts = rel.split("/")
+        text = str(src)
+        if any(part in ("", ".", "..") for part in parts) or not text.endswith("/" + rel):
+            raise _ThroughSymlink(rel)
+        base = text[: -len(rel) - 1] or "/"
+        rel_dir = rel.rpartition("/")[0]
+        known = self._open.get((base, rel_dir))
+        if known is not None:
+            return known
+        dfd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for part in parts[:-1]:
+                try:
+                    nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise _ThroughSymlink(rel) from exc
+                    raise
+                os.close(dfd)
+                dfd = nfd
+        except BaseException:
+            os.close(dfd)
+            raise
+        self._open[(base, rel_dir)] = dfd
+        return dfd
+
+    def close(self) -> None:
+        """Close every folder fd of the batch."""
+        while self._open:
+            os.close(self._open.popitem()[1])
+
+
+def open_beneath(src: Path | str, rel: str, sources: _SourceFolders | None = None) -> int:
     """Open `src` (= base/rel) read-only, following no symlink anywhere below the base folder.
 
-    ``O_NOFOLLOW`` alone guards only the last name; a folder of the path swapped for a symlink to
-    the outside would still be followed. So each folder is opened with ``O_NOFOLLOW`` relative to
-    the previous one, and the file relative to the last. ``O_NONBLOCK`` keeps a fifo from blocking.
+    ``O_NONBLOCK`` keeps a fifo from blocking. With `sources`, the folder stays open there for the
+    batch's later steps; without, it is closed again.
     """
-    parts = rel.split("/")
-    text = str(src)
-    if any(part in ("", ".", "..") for part in parts) or not text.endswith("/" + rel):
-        raise _ThroughSymlink(rel)
-    base = text[: -len(rel) - 1] or "/"
-    dfd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    own = sources is None
+    held = _SourceFolders() if sources is None else sources
     try:
-        for part in parts[:-1]:
-            try:
-                nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise _ThroughSymlink(rel) from exc
-                raise
-            os.close(dfd)
-            dfd = nfd
-        return os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+        dfd = held.folder_of(src, rel)
+        return os.open(rel.rpartition("/")[2], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
     finally:
-        os.close(dfd)
+        if own:
+            held.close()
 
 
-def _open_source(src: Path, rel: str, folders: _Folders) -> _Open | TransferResult:
+def _open_source(src: Path | str, rel: str, folders: _Folders, sources: _SourceFolders) -> _Open | TransferResult:
     """Open the source without following symlinks or blocking on fifos, and open (or make) its folder.
 
-    `folders` keeps the target folders opened earlier in the same batch, so files that share a
-    folder pay for its walk and checks once.
+    `folders` and `sources` keep the target and source folders opened earlier in the same batch, so
+    files that share a folder pay for its walk and checks once.
     """
     try:
-        fd = open_beneath(src, rel)
+        fd = open_beneath(src, rel, sources)
     except FileNotFoundError:
         return TransferResult(TransferOutcome.VANISHED, reason="gone before pickup")
     except _ThroughSymlink:
@@ -580,10 +621,11 @@ def _open_source(src: Path, rel: str, folders: _Folders) -> _Open | TransferResu
         rel_dir, _, name = rel.rpartition("/")
         folder = folders.get(rel_dir)
         same_fs = folder.dev == st.st_dev and (st.st_dev, str(folder.path)) not in _no_link
+        src_dir = sources.folder_of(src, rel)  # already open: open_beneath put it there
     except BaseException:
         os.close(fd)
         raise
-    return _Open(src, fd, st, folder, name, same_fs)
+    return _Open(src, fd, st, folder, name, same_fs, src_dir=src_dir)
 
 
 def _stage(item: _Open, fsync_each: bool, abort: threading.Event, checksum: bool = False) -> None:
@@ -591,7 +633,7 @@ def _stage(item: _Open, fsync_each: bool, abort: threading.Event, checksum: bool
     if item.same_fs:
         if fsync_each:
             os.fsync(item.fd)
-        item.link_from, item.link_dir_fd, item.ino = item.src, None, (item.st.st_dev, item.st.st_ino)
+        item.link_from, item.link_dir_fd, item.ino = item.src_name, item.src_dir, (item.st.st_dev, item.st.st_ino)
     else:
         item.hasher = hashlib.sha256() if checksum else None
         item.temp, item.ino = _copy_to_temp(item.fd, item.st, item.folder, fsync_each, abort, item.hasher)
@@ -614,6 +656,12 @@ def _commit(item: _Open, on_conflict: OnConflict, fsync_each: bool, abort: threa
 
 
 def _commit_once(item: _Open, on_conflict: OnConflict, fsync_each: bool) -> TransferResult:
+    # The common case first: the name is free, and link() (which never clobbers) says so itself.
+    # Only when it is taken (EEXIST) is the target looked at: our own earlier link, identical
+    # bytes, or the conflict policy.
+    placed = _try_place(item, _Target(item.name, replace=False), fsync_each)
+    if placed is not None:
+        return placed
     for _ in range(100):  # another writer may take the name between resolve and link
         target = _resolve_target(item.fd, item.st, item.folder.fd, item.name, on_conflict)
         if target.present:
@@ -621,24 +669,31 @@ def _commit_once(item: _Open, on_conflict: OnConflict, fsync_each: bool) -> Tran
             outcome = TransferOutcome.DELIVERED if target.ours else TransferOutcome.DUPLICATE
             dest = item.folder.path / target.name
             return TransferResult(outcome, dest=dest, size=item.st.st_size, recovered=target.ours)
-        try:
-            _place(item, target, fsync_each)
-        except FileExistsError:
-            continue
-        except _Swapped:
-            return TransferResult(TransferOutcome.SKIPPED, reason="replaced by another file or a symlink")
-        except OSError as exc:
-            if exc.errno in OUTBOX_ERRNOS:
-                raise _outbox_error(exc, f"cannot place {target.name}") from exc
-            raise
-        return TransferResult(TransferOutcome.DELIVERED, dest=item.folder.path / target.name, size=item.st.st_size)
+        placed = _try_place(item, target, fsync_each)
+        if placed is not None:
+            return placed
     raise OSError(errno.EEXIST, f"could not claim a free name for {item.name}")
+
+
+def _try_place(item: _Open, target: _Target, fsync_each: bool) -> TransferResult | None:
+    """Place the staged bytes as `target`; None when the name is taken (EEXIST) meanwhile."""
+    try:
+        _place(item, target, fsync_each)
+    except FileExistsError:
+        return None
+    except _Swapped:
+        return TransferResult(TransferOutcome.SKIPPED, reason="replaced by another file or a symlink")
+    except OSError as exc:
+        if exc.errno in OUTBOX_ERRNOS:
+            raise _outbox_error(exc, f"cannot place {target.name}") from exc
+        raise
+    return TransferResult(TransferOutcome.DELIVERED, dest=item.folder.path / target.name, size=item.st.st_size)
 
 
 def _finish(item: _Open) -> None:
     """Remove the source name (after the delivery is durable) and the temporary name."""
     if item.result is not None and item.result.outcome in (TransferOutcome.DELIVERED, TransferOutcome.DUPLICATE):
-        _remove_source(item.src, item.st)
+        _remove_source(item.src_name, item.src_dir, item.st)
     if item.temp is not None:
         _unlink_quietly(item.temp, item.folder.fd)
 
@@ -660,7 +715,7 @@ Outcomes = list["TransferResult | Exception"]
 
 
 def deliver_batch(
-    items: list[tuple[Path, str]],
+    items: list[tuple[Path | str, str]],
     root: Path,
     *,
     on_conflict: OnConflict = "rename",
@@ -689,11 +744,12 @@ def deliver_batch(
     opened: list[_Open] = []
     slots: list[int] = []
     folders = _Folders(root, fsync)
+    sources = _SourceFolders()
     try:
         for src, rel in items:
             try:
                 began = time.perf_counter()
-                got = _open_source(src, rel, folders)
+                got = _open_source(src, rel, folders, sources)
                 if isinstance(got, _Open):
                     got.seconds = time.perf_counter() - began
                     opened.append(got)
@@ -727,9 +783,9 @@ def deliver_batch(
             except Exception as exc:  # noqa: BLE001 - reported per item
                 outcomes[slot] = exc
         if checksum:
-            for slot, item in committed:
+            for _, item in committed:
                 if item.result is not None:
-                    outcomes[slot] = item.result = replace(item.result, sha256=_digest(item, item.result))
+                    item.result.sha256 = _digest(item, item.result)
         if recorder is not None:
             _record(recorder, committed, outcomes)  # written now, made durable by the flush below
         synced: set[int] = set()
@@ -737,9 +793,9 @@ def deliver_batch(
             synced = _group_sync(committed, outcomes)
         if recorder is not None and fsync:
             _flush_record(recorder, committed, outcomes, synced)
-        for slot, item in committed:
+        for _, item in committed:
             if item.result is not None:
-                outcomes[slot] = item.result = replace(item.result, seconds=item.seconds)
+                item.result.seconds = item.seconds
     finally:
         try:
             for item in opened:
@@ -749,6 +805,7 @@ def deliver_batch(
                     os.close(item.fd)
         finally:
             folders.close()  # after _finish: it removes temporary names relative to these fds
+            sources.close()  # ...and sources relative to these
     return outcomes
 
 

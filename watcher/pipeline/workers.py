@@ -74,12 +74,15 @@ class WorkerPool:
         self.abort = threading.Event()
         self.summary: Counter[str] = Counter()
         self.inflight = 0  # files in transfers running now
+        self._tally = [0, 0]  # files and bytes delivered, not yet added to the counters
         self._executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="transfer")
         self._tasks: list[asyncio.Task[None]] = []
         self._busy: set[asyncio.Task[None]] = set()
         self._accepting = True
         # Cluster mode: files are claimed (renamed into this replica's claims folder) before the transfer.
         self.claims: Path | None = claims_root(settings.inbox, settings.replica_id) if settings.cluster else None
+        self._inbox_text = str(intake.inbox).rstrip("/")
+        self._claims_text = str(self.claims).rstrip("/") if self.claims is not None else ""
 
     def start(self) -> None:
         """Start the worker tasks."""
@@ -144,7 +147,7 @@ class WorkerPool:
                     return
             run = partial(
                 deliver_batch,
-                [(self._source(item), item.rel) for item in pending],
+                [(self._source_text(item), item.rel) for item in pending],
                 s.outbox,
                 on_conflict=s.on_conflict,
                 fsync=s.fsync,
@@ -162,13 +165,24 @@ class WorkerPool:
                 self.inflight -= len(pending)
             duration = time.monotonic() - started
             blocked: list[Tracked] = []
+            finish = self.intake.finish
             for item, outcome in zip(pending, outcomes, strict=True):
-                if isinstance(outcome, OutboxUnavailable):
+                if type(outcome) is TransferResult:  # the common case, without a coroutine per file
+                    self._record(item, outcome, duration)
+                    finish(item)
+                elif isinstance(outcome, OutboxUnavailable):
                     self.gate.close(outcome.reason)
                     blocked.append(item)  # not the file's fault: wait at the gate, charge nothing
                 else:
                     await self._account(item, outcome, duration, started)
+            self._count()
             pending = blocked
+
+    def _source_text(self, item: Tracked) -> str:
+        """:meth:`_source` as text (no Path object per file on the hot path)."""
+        if item.claimed and self.claims is not None:
+            return f"{self._claims_text}/{item.rel}"
+        return f"{self._inbox_text}/{item.rel}"
 
     def _source(self, item: Tracked) -> Path:
         """Where the file is now: its claim (cluster mode, once claimed) or the inbox."""
@@ -276,6 +290,14 @@ class WorkerPool:
         if item.state != "retrying":
             self.intake.finish(item)
 
+    def _count(self) -> None:
+        """Add the delivered files and bytes tallied since the last call to their counters."""
+        files, size = self._tally
+        if files:
+            self.metrics.files_delivered.inc(files)
+            self.metrics.bytes_delivered.inc(size)
+            self._tally[:] = [0, 0]
+
     def _record(self, item: Tracked, result: TransferResult, duration: float) -> None:
         outcome = result.outcome
         self.summary[outcome.value] += 1
@@ -283,8 +305,8 @@ class WorkerPool:
         seconds = result.seconds or duration
         fields = {"path": item.rel, "bytes": result.size, "duration_ms": round(seconds * 1000, 3)}
         if outcome is TransferOutcome.DELIVERED:
-            self.metrics.files_delivered.inc()
-            self.metrics.bytes_delivered.inc(result.size)
+            self._tally[0] += 1  # the counters are added once per batch (_count)
+            self._tally[1] += result.size
             self.metrics.transfer_duration.observe(seconds)
             self.metrics.delivery_latency.observe(max(0.0, time.time() - item.ready_wall))
             dest = result.dest

@@ -60,12 +60,12 @@ def quarantine_entry(
 
 
 def _relative(dest: Path | None, root: Path, fallback: str) -> str:
-    if dest is None:
-        return printable(fallback)
-    try:
-        return printable(str(dest.relative_to(root)))
-    except ValueError:
-        return printable(fallback)
+    # String work, not Path.relative_to: this runs once per delivered file.
+    if dest is not None:
+        text, base = str(dest), str(root).rstrip("/")
+        if text.startswith(base) and text[len(base) : len(base) + 1] == "/":
+            return printable(text[len(base) + 1 :])
+    return printable(fallback)
 
 
 class BatchRecorder:

@@ -20,9 +20,8 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from sqlalchemy import (
     BigInteger,
@@ -77,7 +76,7 @@ deliveries = Table(
     Index("watcher_deliveries_outcome", "outcome", "finished_at", "id"),
 )
 
-COLUMNS = tuple(column.name for column in deliveries.columns if column.name != "id")
+COLUMNS = tuple(column.name for column in deliveries.columns if column.name != "id")  # Entry's field order
 # Names from the table above, values bound by the driver.
 _INSERT_SQLITE = f"INSERT INTO {deliveries.name} ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"  # noqa: S608
 
@@ -85,9 +84,10 @@ _INSERT_SQLITE = f"INSERT INTO {deliveries.name} ({', '.join(COLUMNS)}) VALUES (
 probe = Table("watcher_record_probe", metadata, Column("checked_at", Float(25), nullable=False))
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One row of the record (times are Unix seconds, UTC)."""
+class Entry(NamedTuple):
+    """One row of the record (times are Unix seconds, UTC). A named tuple: one is made per delivered
+    file on the hot path, and its first fields are the insert's values in :data:`COLUMNS` order.
+    """
 
     path: str
     outcome: RecordOutcome
@@ -264,9 +264,10 @@ class DeliveryRecord:
             return
         try:
             if self._file:
-                self._group.submit([tuple(getattr(entry, column) for column in COLUMNS) for entry in entries])
+                width = len(COLUMNS)
+                self._group.submit([entry[:width] for entry in entries])
             else:
-                rows = [{column: getattr(entry, column) for column in COLUMNS} for entry in entries]
+                rows = [dict(zip(COLUMNS, entry, strict=False)) for entry in entries]
                 with self.engine.begin() as conn:
                     conn.execute(insert(deliveries), rows)
         except Exception as exc:

@@ -36,6 +36,7 @@ SUBJECT_KEYS = {
     "limit-durable": subjects.LIMIT_DURABLE,
     "inotifywait": subjects.INOTIFYWAIT,
     "watcher-warning": subjects.WATCHER_WARNING,
+    "watcher-norecord": subjects.WATCHER_NO_RECORD,
     "cp-sync": subjects.CP_SYNC,
     "watcher-base": subjects.WATCHER_BASE,  # only with --base-commit
     "cluster-1": subjects.CLUSTER_1,
@@ -264,6 +265,12 @@ def _run_all(
     if base_name is not None:
         machine["watcher_base_source"] = f"git archive of {base_name.removeprefix('watcher @')}"
         extra, compared = report.comparison(runs, subjects.WATCHER.name, base_name, [w.key for w in workloads])
+    no_record = subjects.WATCHER_NO_RECORD.name
+    if any(key[0] == no_record for key in runs):
+        # Issue 13: what the delivery record costs, the same build with and without it in one run.
+        lines, rows = report.comparison(runs, subjects.WATCHER.name, no_record, ["burst", "renamed"])
+        extra += [*lines[:-1], "Target (issue 13): files/s ratio >= 0.90 on burst and renamed.", ""]
+        compared += rows
     cluster_lines, cluster_json = report.cluster_section(runs)
     md = report.markdown(summaries, targets, machine, cfg, mode, duration, notes, [*cluster_lines, *extra])
 

@@ -30,7 +30,8 @@ def pg_tool(name: str) -> str | None:
     return None
 
 
-def _as_postgres() -> list[str]:
+def as_postgres() -> list[str]:
+    """The command prefix that runs a program as `postgres` when we are root (initdb refuses root)."""
     return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
 
@@ -45,7 +46,7 @@ def server(parent: Path, port: int) -> Iterator[str]:
         raise RuntimeError("initdb/pg_ctl not found")
     parent.mkdir(parents=True, exist_ok=True)
     data = Path(tempfile.mkdtemp(prefix="postgres-", dir=parent))
-    prefix = _as_postgres()
+    prefix = as_postgres()
     if prefix:
         shutil.chown(data, "postgres")
     db = str(data / "db")

@@ -315,6 +315,14 @@ LIMIT_DURABLE = Subject(
     workloads=frozenset({"trickle", "burst", "renamed", "big_same_fs", "big_other_fs"}),
     description="the limit loop plus fsync of the delivered file and of the outbox folder before the source goes",
 )
+WATCHER_NO_RECORD = Subject(
+    "watcher (no record)",
+    "watcher",
+    can_backlog=False,
+    env={"PYTHONPATH": str(Path(__file__).resolve().parent / "norecord")},
+    workloads=frozenset({"burst", "renamed"}),
+    description="the same build with the delivery record's writes switched off (bench/norecord/sitecustomize.py)",
+)
 INOTIFYWAIT = Subject(
     "inotifywait", "inotifywait", can_backlog=False, description="`inotifywait -m | while read; do mv` loop"
 )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import os
 import shutil
 import subprocess
 import tempfile
@@ -17,28 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from bench.postgres import as_postgres, pg_tool  # one way to find and run PostgreSQL's programs
 from tests.support.net import free_port
-
-
-def pg_tool(name: str) -> str | None:
-    """A PostgreSQL program on PATH or in Debian's /usr/lib/postgresql/<version>/bin."""
-    found = shutil.which(name)
-    if found:
-        return found
-    for candidate in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True):
-        return str(candidate)
-    return None
-
-
-def _as_postgres() -> list[str]:
-    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # initdb refuses to run as root
 
 
 def pg_ctl(data: str, *args: str) -> None:
     """pg_ctl on the throwaway cluster (as `postgres` when we are root, as `cluster` started it)."""
     tool = pg_tool("pg_ctl")
     assert tool is not None
-    subprocess.run([*_as_postgres(), tool, "-D", data, *args], check=True, capture_output=True, timeout=60)
+    subprocess.run([*as_postgres(), tool, "-D", data, *args], check=True, capture_output=True, timeout=60)
 
 
 @contextlib.contextmanager
@@ -50,7 +36,7 @@ def cluster() -> Iterator[str]:
     if initdb is None or pg_ctl_bin is None:
         pytest.skip("PostgreSQL job store NOT checked: initdb/pg_ctl not found")
     data = Path(tempfile.mkdtemp(prefix="watcher-pg-"))
-    prefix = _as_postgres()
+    prefix = as_postgres()
     if prefix:
         if shutil.which("runuser") is None:
             pytest.skip("PostgreSQL job store NOT checked: running as root without runuser")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +30,8 @@ from watcher.cluster.claims import claim_ages, claims_root, hand_back_all, prune
 from watcher.config import ConfigError, Settings
 from watcher.logging import get_logger
 from watcher.metrics import Metrics
+from watcher.schema import DDL_KEY
+from watcher.schema import lock_key as lock_key  # re-exported: the advisory keys of replicas and the leader
 
 log = get_logger(__name__)
 
@@ -40,6 +41,10 @@ CLAIM_DIR_AGE = 60.0  # an empty folder in our claims older than this is removed
 QUERY_TIMEOUT = 5.0
 ACQUIRE_FOR = 3.0  # at start, how long a held id is tried again (an adopter holds it for a moment)
 LEADER_LOCK = "watcher:leader"
+# The server side of the membership session (user-settable GUCs; ignored on a Unix socket).
+SERVER_KEEPALIVES = (
+    "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3 -c tcp_user_timeout=15000"
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS watcher_replicas (
@@ -49,11 +54,6 @@ CREATE TABLE IF NOT EXISTS watcher_replicas (
     started_at DOUBLE PRECISION NOT NULL
 )
 """
-
-
-def lock_key(name: str) -> int:
-    """A 63-bit advisory lock key for `name` (a replica id, or the leader lock)."""
-    return int.from_bytes(hashlib.sha256(f"watcher:{name}".encode()).digest()[:8], "big") >> 1
 
 
 LEADER_KEY = lock_key(LEADER_LOCK)
@@ -107,12 +107,15 @@ class Membership:
             autocommit=True,
             connect_timeout=int(QUERY_TIMEOUT),
             application_name=f"watcher {self.replica}"[:63],
-            # A partitioned replica must lose its locks in seconds, not after the kernel's 2 hours.
+            # A partitioned replica must lose its locks in seconds, not after the kernel's 2 hours:
+            # keepalives on our side (we notice a dead server) and on the server's (it ends the
+            # session of a dead node, which frees the locks: its claims and the lead go to others).
             keepalives=1,
             keepalives_idle=5,
             keepalives_interval=2,
             keepalives_count=3,
             tcp_user_timeout=15000,
+            options=SERVER_KEEPALIVES,
         )
 
     async def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -142,7 +145,11 @@ class Membership:
                     "(each replica needs its own id)"
                 )
             await asyncio.sleep(0.25)  # a bounded start-up retry: nothing runs yet that could stop it
-        await self._query(_SCHEMA)
+        await self._query("SELECT pg_advisory_lock(%s)", (DDL_KEY,))  # replicas starting together: see schema.py
+        try:
+            await self._query(_SCHEMA)
+        finally:
+            await self._query("SELECT pg_advisory_unlock(%s)", (DDL_KEY,))
         await self._register()
         self.ok, self.detail = True, f"holds replica id {self.replica}"
         log.info("cluster.joined", replica=self.replica)

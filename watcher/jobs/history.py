@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Column,
+    Connection,
     Engine,
     Float,
     Integer,
@@ -27,6 +28,8 @@ from sqlalchemy import (
     select,
     text,
 )
+
+from watcher.schema import create_tables
 
 KEEP_PER_JOB = 100
 
@@ -86,13 +89,20 @@ class RunHistory:
         self.engine = engine
         self.keep = keep
 
-    def create(self) -> None:
-        """Create the tables when missing; add the ``replica`` column to a table made before it."""
-        metadata.create_all(self.engine)
-        columns = {c["name"] for c in inspect(self.engine).get_columns(runs_table.name)}
-        if "replica" not in columns:
-            with self.engine.begin() as conn:
+    def create(self, *others: Table) -> None:
+        """Create the tables (and `others`, such as the job store's) when missing; add the ``replica``
+        column to a table made before it. One replica at a time (see :mod:`watcher.schema`).
+        """
+
+        def create(conn: Connection) -> None:
+            metadata.create_all(conn)
+            for table in others:
+                table.create(conn, checkfirst=True)
+            columns = {c["name"] for c in inspect(conn).get_columns(runs_table.name)}
+            if "replica" not in columns:
                 conn.execute(text(f"ALTER TABLE {runs_table.name} ADD COLUMN replica VARCHAR(63)"))
+
+        create_tables(self.engine, create)
 
     def fence(self, job_id: str, run_time: float, replica: str) -> bool:
         """Claim the run of `job_id` due at `run_time` (PostgreSQL); False when another replica has."""

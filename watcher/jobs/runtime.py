@@ -112,6 +112,7 @@ class JobRuntime:
         )
         self.engine: Engine | None = None
         self.history: RunHistory | None = None
+        self.store: ScheduleStore | None = None
         self.scheduler: ResilientScheduler | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._locks: dict[str, asyncio.Lock] = {}
@@ -140,14 +141,16 @@ class JobRuntime:
         """Connect to the schedule store and create the history table (before the pipeline starts)."""
         self.engine = make_engine(self.settings.jobstore)
         self.history = RunHistory(self.engine)
+        self.store = ScheduleStore(engine=self.engine)
         try:
-            await asyncio.to_thread(self.history.create)
+            # The job store's table too: APScheduler would create it on start, racing other replicas.
+            await asyncio.to_thread(self.history.create, self.store.jobs_t)
         except Exception as exc:
             raise ScheduleStoreError(f"schedule store {self.store_name} cannot be opened: {exc}") from exc
 
     async def start(self) -> None:
         """Start the scheduler on this loop, make the `rescan` job match the settings, then run jobs."""
-        assert self.engine is not None, "open() first"
+        assert self.engine is not None and self.store is not None, "open() first"
         loop = asyncio.get_running_loop()
         self._loop = loop
         self.abort.clear()
@@ -156,7 +159,7 @@ class JobRuntime:
         scheduler = ResilientScheduler(
             self,
             fence=self._fence if self.settings.cluster else None,
-            jobstores={"default": ScheduleStore(engine=self.engine)},
+            jobstores={"default": self.store},
             executors={"default": AsyncIOExecutor()},
             job_defaults=JOB_DEFAULTS,
             timezone=self.tz,

@@ -30,6 +30,7 @@ import stat
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -715,7 +716,7 @@ Outcomes = list["TransferResult | Exception"]
 
 
 def deliver_batch(
-    items: list[tuple[Path | str, str]],
+    items: Sequence[tuple[Path | str, str]],
     root: Path,
     *,
     on_conflict: OnConflict = "rename",

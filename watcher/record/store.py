@@ -47,6 +47,7 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from watcher.pipeline.transfer import OutboxUnavailable
+from watcher.schema import create_tables
 
 RecordOutcome = Literal["delivered", "duplicate", "quarantined"]
 OUTCOMES: tuple[RecordOutcome, ...] = ("delivered", "duplicate", "quarantined")
@@ -233,7 +234,7 @@ class DeliveryRecord:
 
     def open(self) -> None:
         """Create the table and its indexes when missing."""
-        metadata.create_all(self.engine)
+        create_tables(self.engine, metadata.create_all)
         if self._file:
             self.dev = os.stat(os.path.dirname(os.path.abspath(self._file))).st_dev
 

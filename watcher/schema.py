@@ -1,0 +1,31 @@
+"""Creating the service's tables safely when several replicas share one PostgreSQL database.
+
+Two sessions that run ``CREATE TABLE IF NOT EXISTS`` for one name at the same moment can both miss
+the table and one fails with a unique violation in ``pg_type``: replicas started together on an empty
+database did exactly that (one exited 1). Every creation of tables therefore runs in one transaction
+under a transaction-level advisory lock on PostgreSQL: the replicas create their tables one at a time,
+and the later ones find them made. SQLite (one process per state dir) needs no lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+from sqlalchemy import Connection, Engine, text
+
+
+def lock_key(name: str) -> int:
+    """A 63-bit PostgreSQL advisory lock key for `name` (a replica id, the leader lock, table creation)."""
+    return int.from_bytes(hashlib.sha256(f"watcher:{name}".encode()).digest()[:8], "big") >> 1
+
+
+DDL_KEY = lock_key("schema")
+
+
+def create_tables(engine: Engine, create: Callable[[Connection], object]) -> None:
+    """Run `create` (idempotent DDL) in one transaction, one replica at a time on PostgreSQL."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": DDL_KEY})
+        create(conn)

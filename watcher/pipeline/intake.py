@@ -338,6 +338,7 @@ class Intake:
                     self._schedule(item, next_check_in(item.first, item.first, settle))
                     found += 1
             writing = await asyncio.to_thread(open_for_writing, [(f.dev, f.ino) for f in quiet]) if quiet else set()
+            queued = 0
             for f in quiet:
                 if f.rel in self.tracked:
                     continue  # an event got there while we looked
@@ -353,7 +354,10 @@ class Intake:
                     self.queue.put_nowait(item)  # no coroutine per file while the queue has room
                 except asyncio.QueueFull:
                     await self.queue.put(item)
-                self._queued(item)
+                item.counted = True  # counted below, once per batch
+                queued += 1
+            if queued:
+                self._discovered[source].inc(queued)
         self._take_notes(notes)
         return found
 

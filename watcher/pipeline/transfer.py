@@ -727,9 +727,12 @@ def deliver_batch(
 ) -> Outcomes:
     """Deliver several files with one group commit; blocking. One result or exception per item.
 
-    One file is made durable with its own fsyncs (lowest latency). Several share ``syncfs`` calls on
-    the outbox filesystem: copies are flushed before any is linked into place, the links before any
-    source is removed, so durability before removal holds for every file of the batch.
+    Without a recorder, one file is made durable with its own fsyncs (file, then folder). Otherwise
+    the files share ``syncfs`` calls on the outbox filesystem: copies are flushed before any is linked
+    into place, the links before any source is removed, so durability before removal holds for every
+    file of the batch. A single file with a recorder takes the ``syncfs`` way too: one flush covers
+    its bytes, its link and its record row, where fsyncs would take three (measured on the trickle:
+    p50 1.16 ms against 1.95 ms, in one interleaved run).
 
     `checksum`: each placed file's SHA-256, computed while copying or by one read after linking.
     `recorder` writes the placed files' rows (the delivery record's one transaction) before the last
@@ -739,7 +742,7 @@ def deliver_batch(
     answers with that exception.
     """
     abort = abort or threading.Event()
-    fsync_each = fsync and len(items) == 1
+    fsync_each = fsync and len(items) == 1 and recorder is None
     group = fsync and not fsync_each
     outcomes: Outcomes = []
     opened: list[_Open] = []

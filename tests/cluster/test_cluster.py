@@ -229,7 +229,9 @@ def test_a_replica_that_loses_its_lock_fails_readiness_and_stops_leading(replica
     with psycopg.connect(database, autocommit=True) as conn:
         # Break a's session, and hold its id so that it cannot take it back yet.
         conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'watcher a'")
-        assert conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_key("a"),)).fetchone() == (True,)
+        # The backend ends a moment after it is told to (and b may be trying a's id for a moment).
+        take = "SELECT pg_try_advisory_lock(%s)"
+        wait_until(lambda: conn.execute(take, (lock_key("a"),)).fetchone() == (True,), 10, "a's id lock free")
 
         def a_failing() -> bool:
             r = a.http.get("/health/ready")

@@ -22,10 +22,10 @@ import errno
 import os
 import stat
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
-from watcher.config import Settings
-from watcher.pipeline.observer import filesystem_type, is_network_fs
+if TYPE_CHECKING:
+    from watcher.config import Settings
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -95,6 +95,9 @@ def settle_stat(settings: Settings) -> Callable[[str], os.stat_result]:
     """How the settle check looks at a file: :func:`open_fstat` in cluster mode and for an inbox on a
     network filesystem, else ``os.lstat`` (one call, and exact on a local filesystem).
     """
+    # Imported here: the transfer imports this module, and `watcher check-config` must not load watchdog.
+    from watcher.pipeline.observer import filesystem_type, is_network_fs
+
     if settings.cluster or is_network_fs(filesystem_type(settings.inbox)):
         return open_fstat
     return os.lstat

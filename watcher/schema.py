@@ -20,7 +20,10 @@ def lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"watcher:{name}".encode()).digest()[:8], "big") >> 1
 
 
-DDL_KEY = lock_key("schema")
+# Not a name WATCHER_REPLICA_ID can take (no ':' there): a replica called "schema" would otherwise hold
+# this key for its whole life as its id lock, and no other replica could start.
+DDL_LOCK = "watcher:schema"
+DDL_KEY = lock_key(DDL_LOCK)
 
 
 def create_tables(engine: Engine, create: Callable[[Connection], object]) -> None:

@@ -3,11 +3,12 @@
 # (inotify-tools), and the container tools of `make image` and its test: buildah, podman, runc
 # (podman's runtime here: crun refuses a hybrid cgroup layout) and debootstrap (the base image built
 # from Debian's packages where no registry can be reached), and systemd-analyze (systemd: it checks
-# deploy/systemd offline). Under CI=true a tool that cannot be had is an error.
+# deploy/systemd offline), and bindfs (the cluster tests' two FUSE views of one folder, two "nodes"
+# with their own attribute caches). Under CI=true a tool that cannot be had is an error.
 set -euo pipefail
 PATH=$PATH:/usr/sbin:/sbin  # debootstrap lives in /usr/sbin
 # command:package
-tools=(promtool:prometheus inotifywait:inotify-tools buildah:buildah podman:podman runc:runc debootstrap:debootstrap systemd-analyze:systemd)
+tools=(promtool:prometheus inotifywait:inotify-tools buildah:buildah podman:podman runc:runc debootstrap:debootstrap systemd-analyze:systemd bindfs:bindfs)
 need=()
 for pair in "${tools[@]}"; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")

@@ -1,4 +1,4 @@
-"""Fixtures of the cluster tests: one throwaway PostgreSQL per module, a fresh database per test, and
+"""Fixtures of the cluster tests: one throwaway PostgreSQL for them all, a fresh database per test, and
 real `python -m watcher run` replicas that share one inbox, outbox and failed dir.
 """
 
@@ -16,9 +16,11 @@ from tests.support.process import WatcherProcess, api_watcher
 _databases = itertools.count()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
-    """A throwaway PostgreSQL cluster's URL, shared by a module (skipped, saying why, without it)."""
+    """A throwaway PostgreSQL cluster's URL, shared by the cluster tests (skipped, saying why, without it);
+    one server, not one a module: its start costs seconds of `make test`.
+    """
     with postgres.cluster() as url:
         yield url
 

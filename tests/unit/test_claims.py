@@ -17,9 +17,11 @@ from watcher.cluster.claims import (
     hand_back_all,
     is_reserved,
 )
+from watcher.cluster.membership import LEADER_LOCK
 from watcher.cluster.preflight import check_filesystem
 from watcher.config import ConfigError, load_settings
 from watcher.pipeline.filters import PathFilter
+from watcher.schema import DDL_LOCK
 
 
 def test_the_first_claim_wins_and_the_second_moves_on(tmp_path: Path) -> None:
@@ -105,3 +107,11 @@ def test_cluster_mode_refuses_a_filesystem_whose_rename_is_a_copy(tmp_path: Path
     blob = {settings.outbox: "fuse.s3fs"}
     with pytest.raises(ConfigError, match=r"WATCHER_OUTBOX=.*fuse\.s3fs renames by copy"):
         check_filesystem(settings, fs_type=lambda p: blob.get(p, "ext4"))
+
+
+@pytest.mark.parametrize("name", [DDL_LOCK, LEADER_LOCK])
+def test_the_cluster_s_own_lock_names_can_never_be_a_replica_id(tmp_path: Path, name: str) -> None:
+    # A replica's id lock is lock_key(id): an id equal to one of these names would share its key.
+    env = {"WATCHER_INBOX": str(tmp_path / "in"), "WATCHER_OUTBOX": str(tmp_path / "out"), "WATCHER_REPLICA_ID": name}
+    with pytest.raises(ConfigError, match="WATCHER_REPLICA_ID"):
+        load_settings(environ=env)

@@ -10,6 +10,10 @@ claims folder). The delivery record keeps the inbox-relative path.
 A claim goes back into the inbox (:func:`hand_back`) by ``link`` then ``unlink``, never by a rename
 that could replace a file a producer has written under that name meanwhile.
 
+On a network filesystem (:mod:`watcher.pipeline.netfs`): ENOENT or a lasting ESTALE on a listed name
+means "not now" (the next scan looks again), and NFS silly-rename names (``.nfs…``) in a claims folder
+are neither listed nor handed back.
+
 Every function blocks on the filesystem; callers run them in a worker thread.
 """
 
@@ -23,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from watcher.logging import get_logger
+from watcher.pipeline.netfs import StaleHandle, is_silly_rename, retry_stale
 
 log = get_logger(__name__)
 
@@ -67,7 +72,9 @@ def claim(inbox: Path, root: Path, rel: str) -> bool:
     """Move ``inbox/rel`` to ``root/rel``; True when the file is ours to deliver from there.
 
     Already in our claims (a retry, or a claim left by our previous run): ours. A name that is not a
-    regular file (a symlink, a fifo) is not claimed; False means someone else took it (or it went).
+    regular file (a symlink, a fifo) is not claimed; False means someone else took it, it went, or
+    (network filesystems) it cannot be reached now: ENOENT on a name a listing showed, or ESTALE
+    on every try. The file stays in the inbox then, and the next scan looks at it again.
     """
     dst = root / rel
     if os.path.lexists(dst):
@@ -80,17 +87,22 @@ def claim(inbox: Path, root: Path, rel: str) -> bool:
     try:
         for _ in range(3):
             try:
-                st = os.lstat(parts[-1], dir_fd=folder)
+                st = retry_stale(os.lstat, parts[-1], dir_fd=folder)
             except FileNotFoundError:
-                return False  # another replica won
+                return False  # another replica won (or a negative lookup cache hides it for now)
             if not stat.S_ISREG(st.st_mode):
                 return False
             try:
-                os.rename(parts[-1], dst, src_dir_fd=folder)
+                retry_stale(os.rename, parts[-1], dst, src_dir_fd=folder)
                 return True
             except FileNotFoundError:
-                # Either another replica won, or our claims folder is missing: make it and look again.
+                if os.path.lexists(dst):
+                    return True  # ours after all: an NFS reply lost after the rename was done
+                # Another replica won meanwhile (the next lstat says so), or our claims folder is missing.
                 dst.parent.mkdir(parents=True, exist_ok=True)
+        return False
+    except StaleHandle:
+        log.info("cluster.claim_later", path=rel, reason="stale file handle (ESTALE) on every try")
         return False
     finally:
         os.close(folder)
@@ -112,7 +124,7 @@ def hand_back(root: Path, inbox: Path, rel: str) -> bool:
         raise
     try:
         try:
-            os.link(src, parts[-1], dst_dir_fd=folder, follow_symlinks=False)
+            retry_stale(os.link, src, parts[-1], dst_dir_fd=folder, follow_symlinks=False)
         except FileNotFoundError:
             return not os.path.lexists(src)  # already moved on by someone else
         except FileExistsError:
@@ -134,7 +146,8 @@ def hand_back(root: Path, inbox: Path, rel: str) -> bool:
 
 def _claim_entries(root: Path) -> Iterator[tuple[str, os.DirEntry[str]]]:
     """(inbox-relative path, directory entry) of every claim under `root` (symlinks neither followed
-    nor listed).
+    nor listed, nor NFS silly-rename names: handed back, such a name would outlive the file's last
+    close in the inbox).
     """
     stack = [""]
     while stack:
@@ -145,6 +158,8 @@ def _claim_entries(root: Path) -> Iterator[tuple[str, os.DirEntry[str]]]:
             continue
         with entries:
             for entry in entries:
+                if is_silly_rename(entry.name):
+                    continue
                 rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
                 try:
                     if entry.is_dir(follow_symlinks=False):
@@ -156,7 +171,7 @@ def _claim_entries(root: Path) -> Iterator[tuple[str, os.DirEntry[str]]]:
 
 
 def claimed(root: Path) -> Iterator[str]:
-    """The inbox-relative paths of every claim under `root` (symlinks neither followed nor listed)."""
+    """The inbox-relative paths of every claim under `root` (as :func:`_claim_entries` finds them)."""
     for rel, _ in _claim_entries(root):
         yield rel
 

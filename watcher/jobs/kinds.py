@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from watcher.jobs.specs import ARGS_MODELS, PurgeArgs, SweepArgs
+from watcher.pipeline.netfs import is_silly_rename
 from watcher.pipeline.quarantine import SIDECAR_SUFFIX
 from watcher.pipeline.rescan import regular_files, sweep_temp_files
 from watcher.pipeline.transfer import (
@@ -67,8 +68,14 @@ class Kind:
 
 
 def in_progress(name: str) -> bool:
-    """Names that belong to a write in progress: our delivery temp files and sidecar temp files."""
-    return is_temp_name(name) or (name.startswith(".") and name.endswith(".partial") and SIDECAR_SUFFIX in name)
+    """Names that belong to a write in progress: our delivery temp files and sidecar temp files, and
+    NFS silly-rename names (``.nfs…``: a removed file that a process on some client still holds open).
+    """
+    return (
+        is_temp_name(name)
+        or (name.startswith(".") and name.endswith(".partial") and SIDECAR_SUFFIX in name)
+        or is_silly_rename(name)
+    )
 
 
 def _remove_emptied_dirs(root: Path, touched: set[str]) -> int:

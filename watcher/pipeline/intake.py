@@ -22,6 +22,7 @@ from watcher.logging import get_logger
 from watcher.metrics import Metrics
 from watcher.pipeline.completeness import Snapshot, is_quiet, next_check_in, unchanged
 from watcher.pipeline.filters import PathFilter
+from watcher.pipeline.netfs import is_silly_rename, settle_stat
 from watcher.pipeline.observer import EventBridge, RawEvent
 from watcher.pipeline.rescan import Found, WalkNotes, walk
 from watcher.pipeline.skipped import SkipLog
@@ -68,6 +69,7 @@ class Intake:
         self.empty_dir_age = EMPTY_DIR_AGE
         self.recursive = settings.recursive
         self.settle = settings.settle_seconds
+        self._settle_stat = settle_stat(settings)  # open + fstat where attribute caches may lie
         self.queue = queue
         self.metrics = metrics
         self.tracked: dict[str, Tracked] = {}
@@ -96,8 +98,8 @@ class Intake:
         if not path.startswith(self._prefix):
             return None
         rel = path[len(self._prefix) :]
-        if (not self.recursive and "/" in rel) or is_reserved(rel):
-            return None  # <inbox>/.watcher/ is the service's own (claims): never a file to deliver
+        if (not self.recursive and "/" in rel) or is_reserved(rel) or is_silly_rename(rel.rpartition("/")[2]):
+            return None  # <inbox>/.watcher/ (claims) and NFS .nfs… names: never a file to deliver
         return rel
 
     def _offer(self, item: Tracked) -> bool:
@@ -272,13 +274,14 @@ class Intake:
         inbox = self.inbox
         settle = self.settle
         clock = self.clock
+        look_at = self._settle_stat
         Look = tuple[Tracked, Snapshot | None, Snapshot | None, tuple[int, int] | None]
 
         def look() -> tuple[list[Look], set[tuple[int, int]]]:
             seen: list[Look] = []
             for item in items:
                 try:
-                    st = os.lstat(os.path.join(inbox, item.rel))
+                    st = look_at(os.path.join(inbox, item.rel))
                 except OSError:
                     seen.append((item, None, None, None))
                     continue

@@ -18,6 +18,7 @@ from typing import Literal, NamedTuple
 
 from watcher.cluster.claims import RESERVED
 from watcher.pipeline.filters import PathFilter
+from watcher.pipeline.netfs import is_silly_rename
 from watcher.pipeline.transfer import is_temp_name
 
 BATCH = 512
@@ -90,6 +91,8 @@ def _walk(
                 empty = False
                 if not rel_dir and entry.name == RESERVED:
                     continue  # <inbox>/.watcher/: the service's own (claims), never delivered nor reported
+                if is_silly_rename(entry.name):
+                    continue  # an NFS client's .nfs… name: a removed file still open somewhere, never ours
                 rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
                 try:
                     if entry.is_dir(follow_symlinks=False):

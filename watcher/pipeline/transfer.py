@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from watcher.config import OnConflict
+from watcher.pipeline.netfs import StaleHandle, retry_stale
 
 TEMP_PREFIX = ".watcher-"
 TEMP_SUFFIX = ".tmp"
@@ -490,9 +491,9 @@ def _unlink_quietly(path: Path | str, dir_fd: int | None = None) -> None:
 def _remove_source(name: str, folder: int, st: os.stat_result) -> None:
     """Remove the source `name` in the folder fd `folder`, unless another file has taken it meanwhile."""
     try:
-        now = os.lstat(name, dir_fd=folder)
-    except FileNotFoundError:
-        return
+        now = retry_stale(os.lstat, name, dir_fd=folder)
+    except (FileNotFoundError, StaleHandle):
+        return  # gone; or unreachable now, and a later pass finds the bytes delivered and removes it
     if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
         _unlink_quietly(name, folder)
 
@@ -605,9 +606,11 @@ def _open_source(src: Path | str, rel: str, folders: _Folders, sources: _SourceF
     files that share a folder pay for its walk and checks once.
     """
     try:
-        fd = open_beneath(src, rel, sources)
+        fd = retry_stale(open_beneath, src, rel, sources)
     except FileNotFoundError:
         return TransferResult(TransferOutcome.VANISHED, reason="gone before pickup")
+    except StaleHandle:  # another NFS client changed the name: the next scan looks at it again
+        return TransferResult(TransferOutcome.VANISHED, reason="stale file handle (ESTALE): later")
     except _ThroughSymlink:
         return TransferResult(TransferOutcome.SKIPPED, reason="a folder on its path is a symlink")
     except OSError as exc:

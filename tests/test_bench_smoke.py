@@ -10,6 +10,7 @@ PostgreSQL are involved, so it runs in a few seconds on any Linux with inotify.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -135,3 +136,23 @@ def test_cluster_table_has_the_ratio_to_one_replica() -> None:
     assert [row["ratio_to_1"] for row in scaling] == [1.0, pytest.approx(895 / 900)]
     assert scaling[1]["paired_ratios"] == [0.95, 1.05]
     assert any("0.994" in line for line in lines)
+
+
+def test_profile_groups_splits_start_up_from_per_file_work(tmp_path: Path) -> None:
+    from bench.profile_groups import group
+
+    raw = tmp_path / "profile.txt"
+    raw.write_text(
+        "thread (1): MainThread;<module> (watcher/service.py:1);_find_and_load (<frozen>:1) 7\n"
+        "thread (2): transfer_0;deliver_batch (watcher/pipeline/transfer.py:1);_record (x:1);"
+        "BatchRecorder.write (watcher/record/rows.py:1) 3\n"
+        "thread (2): transfer_0;deliver_batch (watcher/pipeline/transfer.py:1);_commit (x:1) 5\n"
+        "thread (1): MainThread;Handle._run (asyncio/events.py:80) 2\n"
+    )
+    total, startup, groups = group(raw)
+    assert (total, startup) == (17, 7)
+    assert groups == {
+        "record: rows and their insert": 3,
+        "transfer: open, link, check, unlink, flush": 5,
+        "event loop and thread hand-offs": 2,
+    }

@@ -82,6 +82,7 @@ class Service:
             from watcher.cluster.membership import Membership  # psycopg (an extra) only in cluster mode
 
             self.membership = Membership(settings, self.metrics, self.jobs.set_leader, self.jobs.wakeup)
+            self.intake.owns = self.membership.owns  # an event's file goes to one replica, not to a race
         self.health = Health(
             settings,
             self.metrics,

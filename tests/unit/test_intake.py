@@ -194,3 +194,26 @@ def test_a_scan_queues_old_files_at_once_and_lets_fresh_ones_settle(tmp_path: Pa
         assert b.metrics.registry.get_sample_value("watcher_files_discovered_total", {"source": "rescan"}) == 2
 
     run(tmp_path, scenario)
+
+
+def test_cluster_an_event_s_file_of_another_replica_is_left_to_it_then_taken_after_the_grace(tmp_path: Path) -> None:
+    async def scenario(b: Bench) -> None:
+        b.intake.owns = lambda rel: rel.startswith("mine")
+        b.write("mine.csv", b"1")
+        b.write("theirs.csv", b"2")
+        b.write("claimed.csv", b"3")
+        for rel in ("mine.csv", "theirs.csv", "claimed.csv"):
+            b.event("created", rel)
+            b.event("closed", rel)
+        assert b.queued() == ["mine.csv"], "only our own at once: no race for the others' claims"
+        # The owner claims one: its rename out of the inbox reaches every replica as a move.
+        os.rename(b.inbox / "claimed.csv", tmp_path / "claimed.csv")
+        b.intake.handle_events([RawEvent("moved", str(b.inbox / "claimed.csv"), "", False)])
+        assert "claimed.csv" not in b.intake.tracked
+        await b.step(1.0)
+        assert b.queued() == []
+        # The other is still here after the grace (its owner died or saw the replicas otherwise): ours.
+        await b.step(SETTLE)
+        assert b.queued() == ["theirs.csv"]
+
+    run(tmp_path, scenario)

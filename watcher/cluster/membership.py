@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,8 @@ class Membership:
         self._last_adopt = 0.0
         self._stepped_down = False  # stopping: never lead again in this process
         self._claim_folders: set[str] = set()  # the replica labels of watcher_cluster_oldest_claim_age_seconds
+        self.live_ids: tuple[str, ...] = ()  # the live replicas, by id, while unchanged (see owns)
+        self._last_seen: tuple[str, ...] = ()
 
     # ---- the dedicated connection --------------------------------------------------------------
 
@@ -206,6 +209,11 @@ class Membership:
             self._set_leader(leader)
             _, live = await self.replicas()
             self.metrics.cluster_replicas.set(len(live))
+            seen = tuple(r["id"] for r in live)
+            # Files are divided only while the live replicas are the same at two heartbeats in a row:
+            # around a join or a death the views of the replicas differ, and every one takes every file.
+            self.live_ids = seen if seen == self._last_seen else ()
+            self._last_seen = seen
         except (psycopg.Error, OSError, TimeoutError) as exc:
             self._lost(exc)
             return
@@ -221,6 +229,7 @@ class Membership:
     def _lost(self, exc: BaseException) -> None:
         self._set_leader(False)  # first: a replica that may have lost its lock never runs the schedule
         self.metrics.cluster_replicas.set(0.0)  # it cannot see the others now
+        self.live_ids = self._last_seen = ()  # ...so it takes every file it hears of (see owns)
         why = next(iter(str(exc).strip().splitlines()), "") or type(exc).__name__
         if self.ok:
             log.error("cluster.lock_lost", replica=self.replica, error=why, action="reconnecting every 2 s")
@@ -271,6 +280,21 @@ class Membership:
                 leader = replica
             live.append({"id": replica, "leader": leads})
         return leader, live
+
+    def owns(self, rel: str) -> bool:
+        """Whether an event's file is this replica's to take at once.
+
+        Every replica on one node hears every inotify event; if all of them queued every file they
+        would all race for every claim (one rename wins, the others answer ENOENT), spending the CPU
+        of a file once per replica. So an event's file goes to one live replica, picked by a hash of
+        its name; the others leave it. Walks (start-up, rescans) still take every file they list: a
+        file whose owner died before claiming it is delivered by the next rescan of another replica.
+        True while the live replicas are not known (start, lost connection).
+        """
+        live = self.live_ids
+        if len(live) < 2 or self.replica not in live:
+            return True
+        return live[zlib.crc32(rel.encode("utf-8", "surrogateescape")) % len(live)] == self.replica
 
     async def view(self) -> dict[str, Any]:
         """The body of ``GET /cluster``."""

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import heapq
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -29,6 +30,9 @@ from watcher.pipeline.skipped import SkipLog
 from watcher.pipeline.writers import open_for_writing
 
 log = get_logger(__name__)
+# Cluster mode: how long an event's file is left to the replica it belongs to before this one takes it
+# too (longer than a heartbeat, in which the replicas learn of one another).
+OWNER_GRACE = 3.0
 EMPTY_DIR_AGE = 3600.0  # seconds an empty inbox folder stays unchanged before a full scan removes it
 
 Source = Literal["event", "rescan", "startup"]
@@ -52,6 +56,7 @@ class Tracked:
     last_error: str = ""  # the last failed attempt's error (for GET /files)
     retry_at: float = 0.0  # wall time of the next attempt while retrying
     claimed: bool = False  # cluster mode: the file is in this replica's claims folder
+    deferred: bool = False  # cluster mode: another replica's to take first (see Intake._hint)
 
 
 class Intake:
@@ -79,6 +84,9 @@ class Intake:
         self._wake = asyncio.Event()
         self._walks: set[asyncio.Task[int]] = set()
         self.stopping = False
+        # Cluster mode: whether an event's new file is this replica's to take (Membership.owns); walks
+        # take every file whatever this says.
+        self.owns: Callable[[str], bool] | None = None
         # The labelled counters, looked up once: a file is counted on the hot path.
         self._discovered = {source: metrics.files_discovered.labels(source=source) for source in get_args(Source)}
 
@@ -209,6 +217,14 @@ class Intake:
         item = self.tracked.get(rel)
         now = self.clock.time()
         if item is None:
+            if self.owns is not None and not self.owns(rel):
+                # Another live replica's file: it claims it now, and its rename out of the inbox reaches
+                # us as a move (_forget drops this entry). Still here after the grace (that replica died,
+                # or saw the live replicas otherwise for a moment), it is ours to take like any other.
+                item = Tracked(rel, "event", now, deferred=True)
+                self.tracked[rel] = item
+                self._schedule(item, max(self.settle, OWNER_GRACE))
+                return
             if proven:
                 item = Tracked(rel, "event", now, ready_wall=now)
                 self.tracked[rel] = item
@@ -222,6 +238,8 @@ class Intake:
                 self._schedule(item, self.settle)
             return
         if item.state == "settling":
+            if item.deferred:
+                return  # another replica's until its grace is over
             item.source = "event"  # an event reported it before any rescan could queue it
             if proven:
                 item.ready_wall = now
@@ -296,8 +314,9 @@ class Intake:
             if self.tracked.get(item.rel) is not item or item.state != "settling":
                 continue
             if first is None or snap is None:
-                del self.tracked[item.rel]  # vanished before pickup: not an error
+                del self.tracked[item.rel]  # vanished before pickup (or claimed by its owner): not an error
                 continue
+            item.deferred = False  # its grace is over: from now on it is ours as much as anyone's
             item.first = first
             if not is_quiet(first, snap, settle):
                 self._schedule(item, next_check_in(first, snap, settle))

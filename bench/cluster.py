@@ -97,6 +97,18 @@ class Replica:
         return self.running.proc.poll() is None
 
 
+def _dividing(url: str) -> bool:
+    """True once the replica at `url` divides the files events report among the live replicas (its
+    ``watcher_cluster_dividing`` is 1): a cluster that has run for a few heartbeats, as in production,
+    not one whose replicas still take every file while they learn of one another.
+    """
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=2) as resp:
+            return b"\nwatcher_cluster_dividing 1.0" in resp.read()
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 class ClusterRunning:
     """The replicas of one cluster subject, started together; see the module docstring."""
 
@@ -125,7 +137,7 @@ class ClusterRunning:
                     raise RuntimeError(
                         f"{self.name}: {r.id} exited with {r.running.proc.returncode}: {self.log_tail()}"
                     )
-                if r.running.is_ready():
+                if r.running.is_ready() and (len(self.replicas) == 1 or _dividing(r.url)):
                     waiting.remove(r)
             if waiting:
                 time.sleep(0.01)

@@ -56,6 +56,7 @@ class Metrics:
     pending_files: Gauge
     cluster_leader: Gauge
     cluster_replicas: Gauge
+    cluster_dividing: Gauge
     cluster_oldest_claim_age: Gauge
     job_runs: Counter
     job_last_success: Gauge
@@ -146,6 +147,11 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
             "watcher_cluster_replicas",
             "Live replicas of the cluster, as this replica last saw them in PostgreSQL (cluster mode); "
             "0 without cluster mode or while this replica does not hold its own id.",
+            registry=reg,
+        ),
+        cluster_dividing=Gauge(
+            "watcher_cluster_dividing",
+            "1 while this replica leaves other live replicas' event files to them (cluster mode), else 0.",
             registry=reg,
         ),
         cluster_oldest_claim_age=Gauge(

@@ -214,6 +214,7 @@ class Membership:
             # around a join or a death the views of the replicas differ, and every one takes every file.
             self.live_ids = seen if seen == self._last_seen else ()
             self._last_seen = seen
+            self.metrics.cluster_dividing.set(1.0 if len(self.live_ids) > 1 else 0.0)
         except (psycopg.Error, OSError, TimeoutError) as exc:
             self._lost(exc)
             return
@@ -230,6 +231,7 @@ class Membership:
         self._set_leader(False)  # first: a replica that may have lost its lock never runs the schedule
         self.metrics.cluster_replicas.set(0.0)  # it cannot see the others now
         self.live_ids = self._last_seen = ()  # ...so it takes every file it hears of (see owns)
+        self.metrics.cluster_dividing.set(0.0)
         why = next(iter(str(exc).strip().splitlines()), "") or type(exc).__name__
         if self.ok:
             log.error("cluster.lock_lost", replica=self.replica, error=why, action="reconnecting every 2 s")

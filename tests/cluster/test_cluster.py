@@ -58,6 +58,16 @@ def _assert_exactly_once(shared: Path, expected: dict[str, bytes]) -> None:
     assert not files_under(shared / "failed")
 
 
+def _plant_claims(shared: Path, replica: str, folder: str, size: int) -> dict[str, bytes]:
+    """20 files in `replica`'s claims folder, as if it had claimed them and died: {rel: bytes}."""
+    claims = shared / "inbox" / ".watcher" / replica / "claims"
+    claimed = {f"{folder}/c-{i}.dat": os.urandom(size + i) for i in range(20)}
+    for rel, data in claimed.items():
+        (claims / rel).parent.mkdir(parents=True, exist_ok=True)
+        (claims / rel).write_bytes(data)
+    return claimed
+
+
 def _all_records(w: WatcherProcess, limit: int = 1000, prefix: str = "") -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     cursor: str | None = None
@@ -114,11 +124,7 @@ def test_three_replicas_deliver_each_file_exactly_once(replica: Replicas, shared
 def test_a_killed_replica_s_claims_are_finished_by_another(replica: Replicas, shared: Path) -> None:
     a, b = replica("a").start("ready"), replica("b").start("ready")
     # What "a" had claimed when it died: files in its claims folder (it only looks there at start).
-    claims = shared / "inbox" / ".watcher" / "a" / "claims"
-    claimed = {f"sub/c-{i}.dat": os.urandom(100 + i) for i in range(20)}
-    for rel, data in claimed.items():
-        (claims / rel).parent.mkdir(parents=True, exist_ok=True)
-        (claims / rel).write_bytes(data)
+    claimed = _plant_claims(shared, "a", "sub", 100)
     answer = b.http.get("/files/sub/c-0.dat", headers=b.http.auth_header).json()
     assert (answer["state"], answer["records"]) == ("transferring", []), answer
     assert "claimed by replica a" in answer["detail"]
@@ -301,11 +307,8 @@ def test_a_paused_replica_whose_lock_is_broken_still_delivers_once(
     import psycopg
 
     a, b = replica("a").start("ready"), replica("b").start("ready")
+    claimed = _plant_claims(shared, "a", "z", 200)
     claims = shared / "inbox" / ".watcher" / "a" / "claims"
-    claimed = {f"z/c-{i}.dat": os.urandom(200 + i) for i in range(20)}
-    for rel, data in claimed.items():
-        (claims / rel).parent.mkdir(parents=True, exist_ok=True)
-        (claims / rel).write_bytes(data)
     expected = {**claimed, **_write_files(shared / "inbox", 300)}
     wait_until(lambda: len(files_under(shared / "outbox")) >= 20, 20, "delivery under way")
     assert a.proc is not None

@@ -186,9 +186,7 @@ class WorkerPool:
 
     def _source(self, item: Tracked) -> Path:
         """Where the file is now: its claim (cluster mode, once claimed) or the inbox."""
-        if item.claimed and self.claims is not None:
-            return self.claims / item.rel
-        return self.intake.inbox / item.rel
+        return Path(self._source_text(item))
 
     async def _claim(self, batch: list[Tracked]) -> list[Tracked]:
         """Cluster mode: claim the batch's files in one thread hop; the ones another replica took

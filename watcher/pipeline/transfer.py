@@ -583,20 +583,12 @@ class _SourceFolders:
             os.close(self._open.popitem()[1])
 
 
-def open_beneath(src: Path | str, rel: str, sources: _SourceFolders | None = None) -> int:
-    """Open `src` (= base/rel) read-only, following no symlink anywhere below the base folder.
-
-    ``O_NONBLOCK`` keeps a fifo from blocking. With `sources`, the folder stays open there for the
-    batch's later steps; without, it is closed again.
+def open_beneath(src: Path | str, rel: str, sources: _SourceFolders) -> int:
+    """Open `src` (= base/rel) read-only, following no symlink anywhere below the base folder; its
+    folder stays open in `sources` for the batch's later steps. ``O_NONBLOCK`` keeps a fifo from blocking.
     """
-    own = sources is None
-    held = _SourceFolders() if sources is None else sources
-    try:
-        dfd = held.folder_of(src, rel)
-        return os.open(rel.rpartition("/")[2], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
-    finally:
-        if own:
-            held.close()
+    dfd = sources.folder_of(src, rel)
+    return os.open(rel.rpartition("/")[2], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
 
 
 def _open_source(src: Path | str, rel: str, folders: _Folders, sources: _SourceFolders) -> _Open | TransferResult:

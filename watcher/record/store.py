@@ -80,6 +80,22 @@ deliveries = Table(
 COLUMNS = tuple(column.name for column in deliveries.columns if column.name != "id")  # Entry's field order
 # Names from the table above, values bound by the driver.
 _INSERT_SQLITE = f"INSERT INTO {deliveries.name} ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"  # noqa: S608
+_COPY_POSTGRES = f"COPY {deliveries.name} ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+
+
+def _copy_type(column: Column[Any]) -> str:
+    """The PostgreSQL type a binary COPY sends for `column` (the server reads exactly that type)."""
+    kind = column.type
+    if isinstance(kind, BigInteger):
+        return "int8"
+    if isinstance(kind, Integer):
+        return "int4"
+    if isinstance(kind, Float):
+        return "float8"
+    return "text"  # Unicode (varchar) and UnicodeText: the same bytes on the wire
+
+
+_COPY_TYPES = [_copy_type(deliveries.c[name]) for name in COLUMNS]
 
 # The readiness probe writes here and rolls back: proof that the record takes writes.
 probe = Table("watcher_record_probe", metadata, Column("checked_at", Float(25), nullable=False))
@@ -226,11 +242,19 @@ class DeliveryRecord:
             parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3, as the schedule store
         self.engine: Engine = create_engine(parsed, pool_pre_ping=parsed.get_backend_name() != "sqlite")
         self._file: str | None = None  # the SQLite file (None for a server database)
-        self._group = GroupCommit(self._write_sqlite)
+        self._group: GroupCommit | None = None  # the hot path's writer (None: through SQLAlchemy Core)
+        self._writer: Engine | None = None
         self.dev: int | None = None  # the device of its folder, once open
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
             self._file = self.engine.url.database
+            self._group = GroupCommit(self._write_sqlite)
+        elif self.engine.dialect.name == "postgresql" and self.engine.dialect.driver == "psycopg":
+            # One connection in autocommit for the batches' COPY: each COPY is its own transaction, a
+            # single round trip with no BEGIN or COMMIT. Pinged on checkout, so a restarted server costs
+            # a reconnect, not a failed batch.
+            self._writer = create_engine(parsed, pool_pre_ping=True, isolation_level="AUTOCOMMIT", pool_size=1)
+            self._group = GroupCommit(self._copy_postgres)
 
     def open(self) -> None:
         """Create the table and its indexes when missing."""
@@ -258,13 +282,15 @@ class DeliveryRecord:
     def close(self) -> None:
         """Release the connections."""
         self.engine.dispose()
+        if self._writer is not None:
+            self._writer.dispose()
 
     def write(self, entries: Sequence[Entry]) -> None:
         """Insert `entries` in one transaction; RecordUnavailable when the database refuses."""
         if not entries:
             return
         try:
-            if self._file:
+            if self._group is not None:
                 width = len(COLUMNS)
                 self._group.submit([entry[:width] for entry in entries])
             else:
@@ -284,6 +310,24 @@ class DeliveryRecord:
             conn.commit()
         except BaseException:
             conn.rollback()
+            raise
+        finally:
+            conn.close()
+
+    def _copy_postgres(self, rows: list[tuple[Any, ...]]) -> None:
+        # The hot path on PostgreSQL: one binary COPY in autocommit (atomic: one statement). Measured per
+        # commit of 1 / 16 / 64 rows: 0.18 / 0.18 / 0.30 ms of client CPU, against 0.25 / 1.0 / 2.9 ms
+        # for executemany + commit and about 0.6 ms for one row through Core (bench notes, issue 14).
+        assert self._writer is not None
+        conn = self._writer.raw_connection()
+        try:
+            cursor = conn.cursor()
+            with cursor.copy(_COPY_POSTGRES) as copy:
+                copy.set_types(_COPY_TYPES)
+                for row in rows:
+                    copy.write_row(row)
+        except BaseException:
+            conn.invalidate()  # a connection that failed mid-COPY is not given out again
             raise
         finally:
             conn.close()

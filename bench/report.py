@@ -248,6 +248,9 @@ def evaluate_targets(get: Lookup, cfg: Config, subject: str = "watcher") -> list
     one = m("cluster", "files_per_s", "cluster x1")
     two = ratio(m("cluster", "files_per_s", "cluster x2"), one)
     add("cluster", "files/s 2 replicas / 1 replica", two, CLUSTER_RATIO_MIN, False, "", "cluster x2")
+    renamed_one = m("cluster_renamed", "files_per_s", "cluster x1")
+    renamed_two = ratio(m("cluster_renamed", "files_per_s", "cluster x2"), renamed_one)
+    add("cluster_renamed", "files/s 2 replicas / 1 replica", renamed_two, CLUSTER_RATIO_MIN, False, "", "cluster x2")
     claims = m("failover", "failover_claims_s", "cluster x3")
     add("failover", "SIGKILL of a follower -> its claims done", claims, CLAIMS_DONE_MAX_S, True, " s", "cluster x3")
     run = m("failover", "failover_leader_run_s", "cluster x3")
@@ -266,7 +269,8 @@ def evaluate_targets(get: Lookup, cfg: Config, subject: str = "watcher") -> list
 def _integrity_subjects(workload: str, subject: str) -> list[str]:
     """Whose integrity is a target on ``workload``: the service's runs (every replica count on a cluster)."""
     return {
-        "cluster": ["cluster x1", "cluster x2", "cluster x3"],
+        "cluster": list(CLUSTER_SUBJECTS),
+        "cluster_renamed": list(CLUSTER_SUBJECTS),
         "failover": ["cluster x3"],
         "startup": [],
     }.get(workload, [subject])
@@ -488,23 +492,22 @@ def comparison(
 
 
 CLUSTER_SUBJECTS = ("cluster x1", "cluster x2", "cluster x3")
+CLUSTER_WORKLOADS = (
+    ("cluster", "a burst written into one shared inbox"),
+    ("cluster_renamed", "files renamed into one shared inbox at once (no writer competing for the cores)"),
+)
 
 
-def cluster_section(runs: Mapping[tuple[str, str], Sequence[RunResult]]) -> tuple[list[str], dict[str, object]]:
-    """Markdown lines and JSON of the cluster workloads: throughput by replica count, failover times.
-
-    Throughput: each replica count's median files/s, its ratio to one replica's median, and the range of
-    the per-repetition ratios (repetition i of N replicas against repetition i of one: they ran next to
-    each other). Failover: every repetition's times and their medians.
-    """
-    lines: list[str] = []
-    out: dict[str, object] = {}
-    base = runs.get((CLUSTER_SUBJECTS[0], "cluster"), [])
+def _scaling(
+    runs: Mapping[tuple[str, str], Sequence[RunResult]], workload: str
+) -> tuple[list[list[str]], list[dict[str, object]]]:
+    """The table rows and JSON of one cluster workload: files/s by replica count against one replica."""
+    base = runs.get((CLUSTER_SUBJECTS[0], workload), [])
     base_median = _median([r.files_per_s for r in base])
     rows: list[list[str]] = []
     scaling: list[dict[str, object]] = []
     for name in CLUSTER_SUBJECTS:
-        mine = runs.get((name, "cluster"), [])
+        mine = runs.get((name, workload), [])
         if not mine:
             continue
         median = _median([r.files_per_s for r in mine])
@@ -523,12 +526,26 @@ def cluster_section(runs: Mapping[tuple[str, str], Sequence[RunResult]]) -> tupl
             ]
         )
         scaling.append({"subject": name, "files_per_s": median, "ratio_to_1": ratio, "paired_ratios": paired})
-    if rows:
-        lines += ["## Cluster: one shared inbox, 1, 2 and 3 replicas (medians, interleaved)", ""]
-        header = ["replicas", "files/s", "/ 1 replica", "per-rep ratios min .. max", "p50 ms", "p99 ms"]
-        lines += _table([*header, "CPU s/1k files"], rows)
-        lines.append("")
-        out["scaling"] = scaling
+    return rows, scaling
+
+
+def cluster_section(runs: Mapping[tuple[str, str], Sequence[RunResult]]) -> tuple[list[str], dict[str, object]]:
+    """Markdown lines and JSON of the cluster workloads: throughput by replica count, failover times.
+
+    Throughput: each replica count's median files/s, its ratio to one replica's median, and the range of
+    the per-repetition ratios (repetition i of N replicas against repetition i of one: they ran next to
+    each other). Failover: every repetition's times and their medians.
+    """
+    lines: list[str] = []
+    out: dict[str, object] = {}
+    for workload, title in CLUSTER_WORKLOADS:
+        rows, scaling = _scaling(runs, workload)
+        if rows:
+            lines += [f"## Cluster: {title}, 1, 2 and 3 replicas (medians, interleaved)", ""]
+            header = ["replicas", "files/s", "/ 1 replica", "per-rep ratios min .. max", "p50 ms", "p99 ms"]
+            lines += _table([*header, "CPU s/1k files"], rows)
+            lines.append("")
+            out["scaling" if workload == "cluster" else f"scaling_{workload}"] = scaling
     failover = runs.get((CLUSTER_SUBJECTS[2], "failover"), [])
     if failover:
         measures = (

@@ -350,9 +350,9 @@ def _cluster(replicas: int, workloads: frozenset[str]) -> Subject:
     )
 
 
-CLUSTER_1 = _cluster(1, frozenset({"cluster"}))
-CLUSTER_2 = _cluster(2, frozenset({"cluster"}))
-CLUSTER_3 = _cluster(3, frozenset({"cluster", "failover"}))
+CLUSTER_1 = _cluster(1, frozenset({"cluster", "cluster_renamed"}))
+CLUSTER_2 = _cluster(2, frozenset({"cluster", "cluster_renamed"}))
+CLUSTER_3 = _cluster(3, frozenset({"cluster", "cluster_renamed", "failover"}))
 ALL = (
     WATCHER,
     LIMIT,

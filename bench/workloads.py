@@ -142,13 +142,20 @@ class Workload:
     mode: Literal["deliver", "startup", "failover"] = "deliver"
 
 
-def _prepare_in_memory(prefix: str, count: Callable[[Config], int]) -> Callable[[Dirs, Config], Plan]:
-    def prepare(_dirs: Dirs, cfg: Config) -> Plan:
+def _prepare(prefix: str, count: Callable[[Config], int], staged: bool = False) -> Callable[[Dirs, Config], Plan]:
+    """The workload's files: kept in memory for a drive that writes them, or (`staged`) written complete
+    into the staging folder (same filesystem) for a drive that renames them in.
+    """
+
+    def prepare(dirs: Dirs, cfg: Config) -> Plan:
         plan = Plan()
         for name in _names(prefix, count(cfg)):
             data = os.urandom(cfg.file_size)
             plan.add(name, data)
-            plan.pending.append((name, data))
+            if staged:
+                write_file(dirs.staging / name, data)
+            else:
+                plan.pending.append((name, data))
         return plan
 
     return prepare
@@ -171,15 +178,6 @@ def _drive_burst(dirs: Dirs, _cfg: Config, plan: Plan, _sid: int) -> Drive:
     for name, data in plan.pending:
         drive.closed[name] = write_file(os.path.join(inbox, name), data)
     return drive
-
-
-def _prepare_renamed(dirs: Dirs, cfg: Config) -> Plan:
-    plan = Plan()
-    for name in _names("renamed", cfg.renamed_files):
-        data = os.urandom(cfg.file_size)
-        plan.add(name, data)
-        write_file(dirs.staging / name, data)
-    return plan
 
 
 def _drive_renamed(dirs: Dirs, _cfg: Config, plan: Plan, _sid: int) -> Drive:
@@ -296,9 +294,9 @@ def _drive_idle(_dirs: Dirs, cfg: Config, _plan: Plan, sid: int) -> Drive:
 
 
 WORKLOADS: tuple[Workload, ...] = (
-    Workload("trickle", "trickle", _prepare_in_memory("trickle", lambda c: c.trickle_files), _drive_trickle),
-    Workload("burst", "burst", _prepare_in_memory("burst", lambda c: c.burst_files), _drive_burst),
-    Workload("renamed", "renamed", _prepare_renamed, _drive_renamed),
+    Workload("trickle", "trickle", _prepare("trickle", lambda c: c.trickle_files), _drive_trickle),
+    Workload("burst", "burst", _prepare("burst", lambda c: c.burst_files), _drive_burst),
+    Workload("renamed", "renamed", _prepare("renamed", lambda c: c.renamed_files, staged=True), _drive_renamed),
     Workload(
         "backlog_small",
         "backlog",
@@ -321,13 +319,19 @@ WORKLOADS: tuple[Workload, ...] = (
     Workload("big_other_fs", "big, other fs (/dev/shm)", _prepare_big, _drive_big_flushed, other_fs=True),
     Workload("idle", "idle", _prepare_idle, _drive_idle, latency=False, writer_process=False),
     Workload("startup", "startup", _prepare_nothing, _drive_nothing, latency=False, mode="startup"),
+    Workload("cluster", "cluster", _prepare("cluster", lambda c: c.cluster_files), _drive_burst, cluster=True),
+    # The same files renamed in at once: the replicas, not a writer sharing their cores, set the pace.
     Workload(
-        "cluster", "cluster", _prepare_in_memory("cluster", lambda c: c.cluster_files), _drive_burst, cluster=True
+        "cluster_renamed",
+        "cluster, renamed",
+        _prepare("cluster-renamed", lambda c: c.cluster_files, staged=True),
+        _drive_renamed,
+        cluster=True,
     ),
     Workload(
         "failover",
         "failover",
-        _prepare_in_memory("failover", lambda c: c.failover_files),
+        _prepare("failover", lambda c: c.failover_files),
         _drive_burst,
         cluster=True,
         mode="failover",
@@ -350,5 +354,6 @@ def describe(workload: Workload, cfg: Config) -> str:
         "idle": f"idle {cfg.idle_dirs} dirs, {cfg.idle_files} ignored files, {cfg.idle_seconds:g} s",
         "startup": f"startup, empty inbox ({cfg.startup_starts} starts per repetition)",
         "cluster": f"cluster burst {cfg.cluster_files} x {kib} KiB, one shared inbox",
+        "cluster_renamed": f"cluster renamed {cfg.cluster_files} x {kib} KiB, one shared inbox",
         "failover": f"failover: 3 replicas, burst {cfg.failover_files} x {kib} KiB, SIGKILLs",
     }[workload.key]

@@ -136,6 +136,22 @@ def test_cluster_table_has_the_ratio_to_one_replica() -> None:
     assert [row["ratio_to_1"] for row in scaling] == [1.0, pytest.approx(895 / 900)]
     assert scaling[1]["paired_ratios"] == [0.95, 1.05]
     assert any("0.994" in line for line in lines)
+    assert "scaling_cluster_renamed" not in out  # not run: no table
+
+
+def test_cluster_renamed_gets_its_own_table() -> None:
+    runs = {
+        (name, workload): [RunResult(subject=name, workload=workload, rep=0, files_per_s=v)]
+        for workload, pairs in (("cluster", (1000.0, 900.0)), ("cluster_renamed", (2000.0, 3800.0)))
+        for name, v in zip(("cluster x1", "cluster x2"), pairs, strict=True)
+    }
+    lines, out = report.cluster_section(runs)
+
+    renamed = out["scaling_cluster_renamed"]
+    assert isinstance(renamed, list)
+    assert [row["ratio_to_1"] for row in renamed] == [1.0, 1.9]
+    titles = [line for line in lines if line.startswith("## Cluster")]
+    assert len(titles) == 2 and "renamed" in titles[1]
 
 
 def test_profile_groups_splits_start_up_from_per_file_work(tmp_path: Path) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ class Sink:
 
     def __init__(self) -> None:
         self.events: list[RawEvent] = []
+        self.batches: list[list[RawEvent]] = []  # each hand-off apart
         self.reads = 0
         self.lost = 0
         self._lock = threading.Lock()
@@ -26,6 +29,7 @@ class Sink:
     def __call__(self, events: list[RawEvent]) -> None:
         with self._lock:
             self.events.extend(events)
+            self.batches.append(list(events))
             self.reads += 1
 
     def on_lost(self) -> None:
@@ -112,3 +116,25 @@ def test_the_reader_ends_when_the_inbox_itself_goes(tmp_path: Path) -> None:
     reader.start()
     inbox.rmdir()
     wait_until(lambda: not reader.is_alive(), 5, "the reader thread to end (the supervisor restarts it)")
+
+
+def test_a_create_waits_for_its_close_and_goes_on_alone_when_none_comes(
+    watched: tuple[Path, Sink, InotifyReader],
+) -> None:
+    inbox, sink, _ = watched
+    # A writer that takes 2 ms between create and close (less than HOLD_S): one hand-off with both,
+    # where handing each read on at once would give the create a wake-up of the loop of its own.
+    for i in range(5):
+        path = inbox / f"f{i}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        time.sleep(0.002)  # the writer's pace in this scenario, not a synchronisation
+        os.close(fd)
+        wait_until(partial(sink.seen, "closed", path), 5, f"the close of {path.name}")
+        with_close = [b for b in sink.batches if any(e.kind == "closed" and e.src == str(path) for e in b)]
+        assert len(with_close) == 1 and any(e.kind == "created" for e in with_close[0]), sink.batches
+    # A file created and left open: its create is handed on after the hold, not kept.
+    held = os.open(inbox / "open", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        wait_until(partial(sink.seen, "created", inbox / "open"), 5, "the lone create handed on")
+    finally:
+        os.close(held)

@@ -217,3 +217,25 @@ def test_cluster_an_event_s_file_of_another_replica_is_left_to_it_then_taken_aft
         assert b.queued() == ["theirs.csv"]
 
     run(tmp_path, scenario)
+
+
+def test_the_settler_wakes_for_a_file_due_sooner_than_the_one_it_sleeps_for(tmp_path: Path) -> None:
+    async def scenario(b: Bench) -> None:
+        stop = asyncio.Event()
+        far = Tracked("far.txt", "event", b.clock.time())
+        b.intake.tracked[far.rel] = far
+        b.intake._schedule(far, 100.0)
+        settler = asyncio.create_task(b.intake.run_settler(stop))
+        await asyncio.sleep(0)  # let the settler go to sleep until the far file's time
+        near = Tracked("near.txt", "event", b.clock.time())  # no such file: its check forgets it
+        b.intake.tracked[near.rel] = near
+        b.intake._schedule(near, 0.0)
+        deadline = time.monotonic() + 5
+        while near.rel in b.intake.tracked and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert near.rel not in b.intake.tracked, "the settler slept past a file due sooner"
+        assert b.intake.tracked[far.rel].state == "settling"
+        stop.set()
+        await asyncio.wait_for(settler, 5)
+
+    run(tmp_path, scenario)

@@ -16,9 +16,11 @@ tree's watches and counts the loss (the rescan finds what was missed).
 from __future__ import annotations
 
 import errno
+import math
 import os
 import select
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,6 +52,12 @@ WATCH_MASK = (
     | C.IN_EXCL_UNLINK
 )
 _BUFFER = 256 * 1024  # bytes per read: about 8,000 events of short names
+# Events that ask nothing of intake at once (a file created, moved out or deleted: it only starts or
+# stops tracking it) wait up to this long for the next read, so that one hand-off to the loop carries
+# a writer's create and its close, or another replica's claims, instead of one wake-up each. A close,
+# a rename in or any folder event is handed on at once, with whatever waits.
+HOLD_S = 0.005
+HOLD_MAX = 4096  # events held at most
 
 
 class InotifyReader(threading.Thread):
@@ -140,23 +148,40 @@ class InotifyReader(threading.Thread):
         poller = select.poll()
         poller.register(self._fd, select.POLLIN)
         poller.register(self._kill_r, select.POLLIN)
+        held: list[RawEvent] = []
+        hand_at = 0.0
         try:
             while not self._stopping:
-                ready = poller.poll()
+                wait_ms = None if not held else max(0, math.ceil((hand_at - time.monotonic()) * 1000))
+                ready = poller.poll(wait_ms)
                 if self._stopping or any(fd == self._kill_r for fd, _ in ready):
                     return
+                if not ready:  # nothing more came while they waited
+                    self._sink(held)
+                    held = []
+                    continue
                 try:
                     buffer = os.read(self._fd, _BUFFER)
                 except InterruptedError:
                     continue
-                if not self._handle(buffer):
+                events, urgent, root_alive = self._handle(buffer)
+                if not held:
+                    hand_at = time.monotonic() + HOLD_S
+                held += events
+                if held and (urgent or not root_alive or len(held) >= HOLD_MAX):
+                    self._sink(held)
+                    held = []
+                if not root_alive:
                     return
         finally:
             self._close()
 
-    def _handle(self, buffer: bytes) -> bool:
-        """Turn one read into events for the sink; False once the inbox itself is gone."""
+    def _handle(self, buffer: bytes) -> tuple[list[RawEvent], bool, bool]:
+        """Turn one read into events for the sink: (events, whether one must be handed on at once
+        (see HOLD_S), whether the inbox itself is still there).
+        """
         events: list[RawEvent] = []
+        urgent = False
         moved_from: dict[int, bytes] = {}  # cookie -> folder that left its place in this read
         paths = self._paths
         root_alive = True
@@ -177,6 +202,7 @@ class InotifyReader(threading.Thread):
             path = folder + b"/" + name if name else folder
             is_dir = bool(mask & C.IN_ISDIR)
             text = os.fsdecode(path)
+            urgent = urgent or is_dir or bool(mask & (C.IN_CLOSE_WRITE | C.IN_MOVED_TO))
             if mask & C.IN_CLOSE_WRITE:
                 events.append(RawEvent("closed", text, "", False))
             elif mask & C.IN_MOVED_TO:
@@ -199,9 +225,7 @@ class InotifyReader(threading.Thread):
                 events.append(RawEvent("deleted", text, "", is_dir))
         for gone in moved_from.values():
             self._unwatch_tree(gone)  # moved out of the tree (or its pair is in the next read: re-added then)
-        if events:
-            self._sink(events)
-        return root_alive
+        return events, urgent, root_alive
 
     def _overflow(self) -> None:
         log.warning(

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import heapq
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -30,6 +30,19 @@ from watcher.pipeline.skipped import SkipLog
 from watcher.pipeline.writers import open_for_writing
 
 log = get_logger(__name__)
+
+
+@contextlib.contextmanager
+def _also_on(stop: asyncio.Event, flag: asyncio.Event) -> Iterator[None]:
+    """While inside, `flag` is set when `stop` is: a loop waiting on `flag` alone also sees the stop."""
+    watcher = asyncio.ensure_future(stop.wait())
+    watcher.add_done_callback(lambda _: flag.set())
+    try:
+        yield
+    finally:
+        watcher.cancel()
+
+
 # Cluster mode: how long an event's file is left to the replica it belongs to before this one takes it
 # too (longer than a heartbeat, in which the replicas learn of one another).
 OWNER_GRACE = 3.0
@@ -158,18 +171,17 @@ class Intake:
 
     async def run_events(self, bridge: EventBridge, stop: asyncio.Event) -> None:
         """Consume the observer's batches until `stop` is set."""
-        while not stop.is_set():
-            waiter = asyncio.create_task(bridge.has_events.wait())
-            stopper = asyncio.create_task(stop.wait())
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            stopper.cancel()
-            if stop.is_set():
-                return
-            batch, dropped = bridge.take()
-            if dropped:
-                self.metrics.events_dropped.inc(dropped)
-            self.handle_events(batch)
+        # `stop` sets the bridge's flag too, so each batch costs one wait on one flag (no tasks per batch:
+        # at a writer's pace a batch is an event or two, and the wake-up is most of its cost).
+        with _also_on(stop, bridge.has_events):
+            while True:
+                await bridge.has_events.wait()
+                if stop.is_set():
+                    return
+                batch, dropped = bridge.take()
+                if dropped:
+                    self.metrics.events_dropped.inc(dropped)
+                self.handle_events(batch)
 
     def handle_events(self, batch: list[RawEvent]) -> None:
         """Turn one batch of raw events into hints (no I/O here: the transfer checks the file)."""
@@ -253,24 +265,29 @@ class Intake:
         item.state = "settling"
         item.due_mono = self.clock.monotonic() + delay
         self._seq += 1
+        # The settler sleeps until the heap's first due time: wake it only when this one comes sooner
+        # (not once per new file of a burst, each due a settle time later than the one before).
+        if not self._heap or item.due_mono < self._heap[0][0]:
+            self._wake.set()
         heapq.heappush(self._heap, (item.due_mono, self._seq, item.rel))
-        self._wake.set()
 
     async def run_settler(self, stop: asyncio.Event) -> None:
         """Check settling files when they fall due, until `stop` is set."""
-        while not stop.is_set():
-            timeout = None
-            if self._heap:
-                timeout = max(0.0, self._heap[0][0] - self.clock.monotonic())
-            self._wake.clear()
-            waiter = asyncio.create_task(self._wake.wait())
-            stopper = asyncio.create_task(stop.wait())
-            await asyncio.wait({waiter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            stopper.cancel()
-            if stop.is_set():
-                return
-            await self.check_due()
+        loop = asyncio.get_running_loop()
+        with _also_on(stop, self._wake):
+            while not stop.is_set():
+                timer = None
+                if self._heap:
+                    timeout = max(0.0, self._heap[0][0] - self.clock.monotonic())
+                    timer = loop.call_later(timeout, self._wake.set)
+                self._wake.clear()
+                if timer is None or timeout > 0:
+                    await self._wake.wait()
+                if timer is not None:
+                    timer.cancel()
+                if stop.is_set():
+                    return
+                await self.check_due()
 
     async def check_due(self) -> None:
         """Look at the settling files that have fallen due on the clock (one step of the settler)."""

@@ -13,7 +13,6 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 
 from watcher.cluster.claims import claim, claims_root, hand_back
@@ -26,6 +25,7 @@ from watcher.pipeline.quarantine import FailureReport, move_to_failed, quarantin
 from watcher.pipeline.transfer import (
     ConflictRefused,
     OutboxUnavailable,
+    Outcomes,
     SourceChanged,
     TransferAborted,
     TransferOutcome,
@@ -137,36 +137,23 @@ class WorkerPool:
 
     async def _handle(self, batch: list[Tracked]) -> None:
         loop = asyncio.get_running_loop()
-        s = self.settings
         pending = batch
         while pending:
             await self.gate.wait_open()
-            if self.claims is not None:
-                pending = await self._claim(pending)
-                if not pending:
-                    return
-            run = partial(
-                deliver_batch,
-                [(self._source_text(item), item.rel) for item in pending],
-                s.outbox,
-                on_conflict=s.on_conflict,
-                fsync=s.fsync,
-                abort=self.abort,
-                checksum=s.checksum == "sha256",
-                recorder=self._recorder(pending),
-            )
             started = time.monotonic()
             self.metrics.inflight_transfers.inc(len(pending))
             self.inflight += len(pending)
             try:
-                outcomes = await loop.run_in_executor(self._executor, run)
+                mine, failed, outcomes = await loop.run_in_executor(self._executor, self._claim_and_deliver, pending)
             finally:
                 self.metrics.inflight_transfers.dec(len(pending))
                 self.inflight -= len(pending)
             duration = time.monotonic() - started
+            if len(mine) < len(pending):
+                await self._not_claimed(pending, failed, started)
             blocked: list[Tracked] = []
             finish = self.intake.finish
-            for item, outcome in zip(pending, outcomes, strict=True):
+            for item, outcome in zip(mine, outcomes, strict=True):
                 if type(outcome) is TransferResult:  # the common case, without a coroutine per file
                     self._record(item, outcome, duration)
                     finish(item)
@@ -178,6 +165,55 @@ class WorkerPool:
             self._count()
             pending = blocked
 
+    def _claim_and_deliver(self, pending: list[Tracked]) -> tuple[list[Tracked], dict[int, OSError], Outcomes]:
+        """Blocking, in a transfer thread: claim the files of `pending` not yet claimed (cluster mode),
+        then deliver the ones that are ours, in one thread hop per batch.
+
+        Returns the files delivered, the claims that failed (keyed by ``id`` of the file) and the
+        delivered files' outcomes. A file's ``claimed`` is set here: while its batch runs, no other
+        code touches it.
+        """
+        failed: dict[int, OSError] = {}
+        mine = pending
+        if self.claims is not None:
+            inbox, claims = self.intake.inbox, self.claims
+            for item in pending:
+                if not item.claimed:
+                    try:
+                        item.claimed = claim(inbox, claims, item.rel)
+                    except OSError as exc:  # the claims folder cannot be written: an attempt of this file
+                        failed[id(item)] = exc
+            mine = [item for item in pending if item.claimed]
+            if not mine:
+                return mine, failed, []
+        s = self.settings
+        outcomes = deliver_batch(
+            [(self._source_text(item), item.rel) for item in mine],
+            s.outbox,
+            on_conflict=s.on_conflict,
+            fsync=s.fsync,
+            abort=self.abort,
+            checksum=s.checksum == "sha256",
+            recorder=self._recorder(mine),
+        )
+        return mine, failed, outcomes
+
+    async def _not_claimed(self, batch: list[Tracked], failed: dict[int, OSError], started: float) -> None:
+        """Cluster mode: the files of `batch` that could not be claimed. Taken by another replica: done
+        here (not an error: that replica delivers them); the claims folder failing: a failed attempt.
+        """
+        for item in batch:
+            if item.claimed:
+                continue
+            if id(item) in failed:
+                await self._failed_attempt(item, failed[id(item)], started)
+                if item.state != "retrying":
+                    self.intake.finish(item)
+            else:
+                log.debug("file.ignored", path=item.rel, outcome="vanished", reason="claimed by another replica")
+                self.summary["vanished"] += 1
+                self.intake.finish(item)
+
     def _source_text(self, item: Tracked) -> str:
         """:meth:`_source` as text (no Path object per file on the hot path)."""
         if item.claimed and self.claims is not None:
@@ -187,46 +223,6 @@ class WorkerPool:
     def _source(self, item: Tracked) -> Path:
         """Where the file is now: its claim (cluster mode, once claimed) or the inbox."""
         return Path(self._source_text(item))
-
-    async def _claim(self, batch: list[Tracked]) -> list[Tracked]:
-        """Cluster mode: claim the batch's files in one thread hop; the ones another replica took
-        are done here (not an error: that replica delivers them). Returns the files that are ours.
-        """
-        claims, inbox = self.claims, self.intake.inbox
-        assert claims is not None
-        todo = [item for item in batch if not item.claimed]
-
-        def claim_all() -> list[bool | OSError]:
-            won: list[bool | OSError] = []
-            for item in todo:
-                try:
-                    won.append(claim(inbox, claims, item.rel))
-                except OSError as exc:  # the claims folder cannot be written: an attempt of this file
-                    won.append(exc)
-            return won
-
-        failed: dict[int, OSError] = {}
-        started = time.monotonic()
-        if todo:
-            won = await asyncio.get_running_loop().run_in_executor(self._executor, claim_all)
-            for item, ours in zip(todo, won, strict=True):
-                if isinstance(ours, OSError):
-                    failed[id(item)] = ours
-                else:
-                    item.claimed = ours
-        mine: list[Tracked] = []
-        for item in batch:
-            if item.claimed:
-                mine.append(item)
-            elif id(item) in failed:
-                await self._failed_attempt(item, failed[id(item)], started)
-                if item.state != "retrying":
-                    self.intake.finish(item)
-            else:
-                log.debug("file.ignored", path=item.rel, outcome="vanished", reason="claimed by another replica")
-                self.summary["vanished"] += 1
-                self.intake.finish(item)
-        return mine
 
     async def _unclaim(self, item: Tracked) -> bool:
         """Cluster mode: put a claimed file back into the inbox (it changed under the transfer)."""

@@ -172,3 +172,14 @@ def test_profile_groups_splits_start_up_from_per_file_work(tmp_path: Path) -> No
         "transfer: open, link, check, unlink, flush": 5,
         "event loop and thread hand-offs": 2,
     }
+
+
+def test_paced_cluster_names_for_r1_all_hash_to_r1() -> None:
+    import zlib
+
+    from bench.paced_cluster import names
+
+    mine = list(names(50, only_r1=True))
+    assert len(mine) == 50 == len(set(mine))
+    assert all(zlib.crc32(name.encode()) % 2 == 0 for name in mine)  # r1 of the sorted ["r1", "r2"]
+    assert len(list(names(50, only_r1=False))) == 50

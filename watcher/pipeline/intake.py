@@ -276,12 +276,12 @@ class Intake:
         loop = asyncio.get_running_loop()
         with _also_on(stop, self._wake):
             while not stop.is_set():
-                timer = None
-                if self._heap:
-                    timeout = max(0.0, self._heap[0][0] - self.clock.monotonic())
-                    timer = loop.call_later(timeout, self._wake.set)
+                # Sleep until the first file falls due (a timer sets the flag), a sooner one is scheduled
+                # or `stop` is set; with nothing settling, until one of the last two.
+                due_in = max(0.0, self._heap[0][0] - self.clock.monotonic()) if self._heap else None
+                timer = loop.call_later(due_in, self._wake.set) if due_in else None
                 self._wake.clear()
-                if timer is None or timeout > 0:
+                if due_in != 0.0:
                     await self._wake.wait()
                 if timer is not None:
                     timer.cancel()

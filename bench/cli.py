@@ -25,7 +25,7 @@ from types import FrameType
 from bench import harness, postgres, report, subjects
 from bench.harness import RunResult
 from bench.report import Summary
-from bench.workloads import FULL, SMOKE, WORKLOADS, Config, Workload
+from bench.workloads import FULL, SMOKE, WORKLOADS, Config, Workload, repetitions
 
 log = logging.getLogger("bench")
 
@@ -66,7 +66,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line."""
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--smoke", action="store_true", help="1 repetition, tiny sizes (under a minute)")
-    p.add_argument("--reps", type=int, help="repetitions per subject and workload (default 3, smoke 1)")
+    p.add_argument(
+        "--reps",
+        type=int,
+        help="repetitions per subject and workload (default 3, and 9 for cluster and cluster_renamed; smoke 1)",
+    )
     p.add_argument(
         "--workloads",
         help="comma-separated subset of: "
@@ -118,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     cfg = SMOKE if args.smoke else FULL
     if args.reps:
-        cfg = replace(cfg, reps=args.reps)
+        cfg = replace(cfg, reps=args.reps, cluster_reps=args.reps)
     workloads = [w for w in WORKLOADS if w.key in args.workloads.split(",")]
     chosen = [SUBJECT_KEYS[k] for k in args.subjects.split(",") if k]
     base = subjects.WATCHER_BASE
@@ -215,7 +219,7 @@ def _run_all(
                         status[(subject.name, workload.key)] = why
                     continue
                 runs[(subject.name, workload.key)] = []
-            for rep in range(cfg.reps):
+            for rep in range(repetitions(workload, cfg)):
                 for subject in chosen:
                     key = (subject.name, workload.key)
                     if key not in runs:

@@ -405,7 +405,8 @@ def markdown(
     lines = [
         "# watcher benchmark",
         "",
-        f"Mode `{mode}`: {cfg.reps} repetition(s) per subject and workload, medians shown; "
+        f"Mode `{mode}`: {cfg.reps} repetition(s) per subject and workload ({cfg.cluster_reps} for the cluster's "
+        "throughput workloads), medians shown; "
         f"run took {duration_s / 60:.1f} min, finished {time.strftime('%Y-%m-%d %H:%M:%S %Z')}.",
         "",
         "## Machine",

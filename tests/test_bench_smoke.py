@@ -183,3 +183,11 @@ def test_paced_cluster_names_for_r1_all_hash_to_r1() -> None:
     assert len(mine) == 50 == len(set(mine))
     assert all(zlib.crc32(name.encode()) % 2 == 0 for name in mine)  # r1 of the sorted ["r1", "r2"]
     assert len(list(names(50, only_r1=False))) == 50
+
+
+def test_the_cluster_s_throughput_workloads_run_more_repetitions() -> None:
+    from bench.workloads import BY_KEY, FULL, SMOKE, repetitions
+
+    assert repetitions(BY_KEY["cluster"], FULL) == repetitions(BY_KEY["cluster_renamed"], FULL) == 9
+    assert repetitions(BY_KEY["failover"], FULL) == repetitions(BY_KEY["burst"], FULL) == FULL.reps == 3
+    assert repetitions(BY_KEY["cluster"], SMOKE) == 1

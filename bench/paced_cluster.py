@@ -28,6 +28,7 @@ from pathlib import Path
 
 from bench import cluster, postgres, procstat
 from bench.harness import WORK_ROOT
+from bench.inotify import OutboxObserver
 from bench.subjects import CLUSTER_1, CLUSTER_2, REPO, Dirs, Subject, free_port
 from bench.workloads import write_file
 
@@ -54,28 +55,27 @@ def run_once(subject: Subject, root: Path, files: int, rate: float, only_r1: boo
     dirs = Dirs(top, top / "inbox", top / "outbox", top / "state", top / "staging", top / "log")
     for folder in (dirs.inbox, dirs.outbox, dirs.state, dirs.staging):
         folder.mkdir()
-    running = cluster.start(subject, dirs)
-    try:
-        running.wait_ready(60)
-        batch = [(name, os.urandom(FILE_SIZE)) for name in names(files, only_r1)]
-        before = {r.id: procstat.sample(r.running.pid).cpu_s for r in running.replicas}
-        t0 = time.monotonic()
-        for i, (name, data) in enumerate(batch):
-            if rate:
-                delay = t0 + i / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)  # the writer's pace, not a synchronisation
-            write_file(dirs.inbox / name, data)
-        written = time.monotonic() - t0
-        deadline = time.monotonic() + TIMEOUT_S
-        while len(os.listdir(dirs.outbox)) < len(batch):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{subject.name}: not every file delivered after {TIMEOUT_S:g} s")
-            time.sleep(0.005)
-        span = time.monotonic() - t0
-        cpu = {r.id: round(procstat.sample(r.running.pid).cpu_s - before[r.id], 3) for r in running.replicas}
-    finally:
-        running.stop()
+    with OutboxObserver(dirs.outbox) as observer:  # inotify, not a listing per poll that would take CPU
+        running = cluster.start(subject, dirs)
+        try:
+            running.wait_ready(60)
+            batch = [(name, os.urandom(FILE_SIZE)) for name in names(files, only_r1)]
+            before = {r.id: procstat.sample(r.running.pid).cpu_s for r in running.replicas}
+            t0 = time.monotonic()
+            for i, (name, data) in enumerate(batch):
+                if rate:
+                    delay = t0 + i / rate - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)  # the writer's pace, not a synchronisation
+                write_file(dirs.inbox / name, data)
+            written = time.monotonic() - t0
+            missing = observer.wait_delivered({name: FILE_SIZE for name, _ in batch}, TIMEOUT_S)
+            if missing:
+                raise TimeoutError(f"{subject.name}: {len(missing)} files not delivered after {TIMEOUT_S:g} s")
+            span = max(observer.delivered_at(name) or t0 for name, _ in batch) - t0  # to the last delivery
+            cpu = {r.id: round(procstat.sample(r.running.pid).cpu_s - before[r.id], 3) for r in running.replicas}
+        finally:
+            running.stop()
     return {
         "subject": subject.name,
         "replicas": subject.replicas,

@@ -4,8 +4,10 @@ Rows are written by the transfer thread in one transaction per batch, once the b
 placed and before the flush that makes them durable (one syncfs for links and rows alike when the
 record shares the outbox's filesystem), and before any source is removed, so a record survives SIGKILL once its
 source is gone. SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit is in the WAL when it
-returns, and the batch's flush makes it durable together with the links (see :meth:`flush`). Every
-method blocks; the service calls them from worker threads.
+returns, and the batch's flush makes it durable together with the links (see :meth:`flush`). On
+PostgreSQL (cluster mode) a batch's rows go in by one binary COPY in autocommit, durable when it returns.
+Concurrent batches share one insert either way (:class:`GroupCommit`). Every method blocks; the service
+calls them from worker threads.
 
 Only what the contract asks is kept: paths, sizes, times, outcomes, the error text and (with
 WATCHER_CHECKSUM=sha256) the digest. Never any file content.
